@@ -1,0 +1,95 @@
+"""lstmdet: LSTM-family sequence encoders between CNN backbones and classification or detection heads.
+
+Public plugin API (stable)::
+
+    from lstmdet import hookimpl, FeatureInfo
+
+Python API: :func:`components`, :func:`create_component`, :func:`create_model`, :func:`load`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from lstmdet.hookspecs import hookimpl
+from lstmdet.interfaces import FeatureInfo
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from lstmdet.model import LstmdetModel
+
+try:
+    __version__ = version("lstmdet")
+except PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "FeatureInfo",
+    "__version__",
+    "components",
+    "create_component",
+    "create_model",
+    "hookimpl",
+    "load",
+]
+
+
+def components() -> dict[str, dict[str, str]]:
+    """Every registered component.
+
+    Returns:
+        ``{kind: {name: plugin}}`` for kinds ``backbones``, ``encoders``, ``heads``, ``datasets``,
+        where ``plugin`` is the name of the plugin that registered the component.
+    """
+    from lstmdet.manager import current_registry
+    from lstmdet.registry import KINDS
+
+    registry = current_registry()
+    listing: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+    for entry in registry.entries():
+        listing[entry.kind][entry.name] = entry.plugin
+    return listing
+
+
+def create_component(kind: str, name: str, *args: Any, **options: Any) -> Any:
+    """Build one registered component.
+
+    Args:
+        kind: ``"backbones"``, ``"encoders"``, ``"heads"`` or ``"datasets"`` (singular accepted).
+        name: Registered name, e.g. ``"convlstm"``.
+        *args: Contract arguments of the kind (``in_channels`` for encoders; ``in_channels,
+            num_classes`` for heads). They may also be given as keywords.
+        **options: The component's options.
+
+    Raises:
+        UnknownComponentError: ``name`` is not registered; the message lists the available names.
+    """
+    from lstmdet.manager import current_registry
+    from lstmdet.registry import SINGULAR
+
+    plural = {v: k for k, v in SINGULAR.items()}.get(kind, kind)
+    return current_registry().create(plural, name, *args, **options)
+
+
+def create_model(config: dict[str, Any] | str | Path) -> LstmdetModel:
+    """Build a model from a config dict or a YAML file (see ``lstmdet.config``)."""
+    from lstmdet.model import build_model
+
+    return build_model(config)
+
+
+def load(path: str | Path | None = None, *, map_location: str = "cpu") -> LstmdetModel:
+    """Load a model from a self-describing checkpoint.
+
+    Args:
+        path: Checkpoint file; ``None`` loads the default model shipped inside the package.
+        map_location: Device to load the weights onto.
+
+    Raises:
+        CheckpointError: The file is missing, not an lstmdet checkpoint, or carries pickled code.
+    """
+    from lstmdet.checkpoint import load_model
+
+    return load_model(path, map_location=map_location)

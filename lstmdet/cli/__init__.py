@@ -1,0 +1,5 @@
+"""The ``lstmdet`` command line."""
+
+from lstmdet.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,212 @@
+"""Configuration files: loading and validation.
+
+A config is YAML (or an equivalent dict). Each model part names a registered component and passes
+its options::
+
+    task: detect                      # or classify
+    model:
+      classes: [zero, one, ...]       # optional; else "0", "1", ...
+      input: {size: 128}              # classify: size int or [h, w]; detect: shorter side (+ max_size)
+      backbone: {name: small_cnn, widths: [32, 64, 128], levels: [c2, c3]}
+      neck: {channels: 128}           # optional: FPN that brings every level to the same channels
+      encoder: {name: bilstm, hidden: 64, levels: [c3]}   # levels: which maps it runs on (default all)
+      head: {name: fcos, num_classes: 10}
+    data: ...                         # used by the engine
+    train: ...
+
+Validation errors are :class:`~lstmdet.errors.ConfigError` and name the field (``model.encoder.name``)
+and what is allowed. Component options are checked against the factory's signature when the model
+is assembled.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lstmdet.errors import ConfigError, LstmdetError
+
+TASKS = ("classify", "detect")
+TOP_LEVEL_KEYS = ("task", "model", "data", "train", "eval", "detect")
+MODEL_KEYS = ("classes", "input", "backbone", "neck", "encoder", "head")
+INPUT_KEYS = ("size", "max_size", "mean", "std")
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+DEFAULT_SIZE = {"classify": 224, "detect": 512}
+
+
+def load_config(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """Read and validate a config.
+
+    Args:
+        source: A mapping, or the path of a YAML file.
+
+    Returns:
+        A validated deep copy with defaults filled in (``model.input``, ``model.classes``,
+        ``model.head.num_classes``, ``model.encoder.levels`` keys are always present).
+
+    Raises:
+        ConfigError: A field is missing or wrong; the message names it.
+        LstmdetError: The file cannot be read or is not valid YAML.
+    """
+    if isinstance(source, (str, Path)):
+        config = read_yaml(Path(source))
+    elif isinstance(source, Mapping):
+        config = copy.deepcopy(dict(source))
+    else:
+        raise LstmdetError(f"a config must be a dict or a YAML file path, not {type(source).__name__}")
+    return validate_config(config)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping from ``path`` with a clear error for missing or malformed files."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LstmdetError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LstmdetError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise LstmdetError(f"config file {path} must hold a mapping at the top level, not {type(data).__name__}")
+    return data
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check ``config`` in place, fill defaults and return it (see :func:`load_config`)."""
+    _check_keys(config, TOP_LEVEL_KEYS, "config")
+    task = config.get("task")
+    if task not in TASKS:
+        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    model = _mapping(config.get("model"), "model")
+    _check_keys(model, MODEL_KEYS, "model")
+    for part in ("backbone", "encoder", "head"):
+        model[part] = _component(model.get(part, {"name": "identity"} if part == "encoder" else None), part)
+    model["neck"] = _neck(model.get("neck"))
+    model["encoder"]["levels"] = _levels(model["encoder"].get("levels"), "model.encoder.levels")
+    model["head"]["levels"] = _levels(model["head"].get("levels"), "model.head.levels")
+    model["input"] = _input(model.get("input"), task)
+    model["classes"], model["head"]["num_classes"] = _classes(model.get("classes"), model["head"])
+    for section in ("data", "train", "eval", "detect"):
+        if section in config and config[section] is not None:
+            _mapping(config[section], section)
+    return config
+
+
+def set_value(config: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set key.path=value`` override in place; the value is parsed as YAML.
+
+    Raises:
+        ConfigError: ``assignment`` has no ``=`` or walks through a non-mapping.
+    """
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(assignment, "an override must look like key.path=value, e.g. train.epochs=3")
+    parts = key.strip().split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), f"holds a value of type {type(child).__name__}, not a mapping")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _check_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            field = key if where == "config" else f"{where}.{key}"
+            raise ConfigError(field, f"unknown key; allowed keys here: {', '.join(allowed)}")
+
+
+def _mapping(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(field, f"must be a mapping, got {type(value).__name__ if value is not None else 'nothing'}")
+    return value
+
+
+def _component(value: Any, part: str) -> dict[str, Any]:
+    field = f"model.{part}"
+    if isinstance(value, str):  # shorthand: `encoder: bilstm`
+        value = {"name": value}
+    value = _mapping(value, field)
+    name = value.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{field}.name", "must name a registered component (see `lstmdet plugins`)")
+    return value
+
+
+def _neck(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    value = _mapping(value, "model.neck")
+    _check_keys(value, ("channels",), "model.neck")
+    channels = value.get("channels")
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ConfigError("model.neck.channels", f"must be a positive integer, got {channels!r}")
+    return value
+
+
+def _levels(value: Any, field: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(field, f"must be a non-empty list of feature-level names, got {value!r}")
+    return value
+
+
+def _input(value: Any, task: str) -> dict[str, Any]:
+    value = {} if value is None else _mapping(value, "model.input")
+    _check_keys(value, INPUT_KEYS, "model.input")
+    size = value.get("size", DEFAULT_SIZE[task])
+    if task == "classify":
+        size = [size, size] if isinstance(size, int) else size
+        ok = isinstance(size, list) and len(size) == 2 and all(_positive_int(s) for s in size)
+        if not ok:
+            raise ConfigError("model.input.size", f"must be an integer or [height, width], got {size!r}")
+        if "max_size" in value:
+            raise ConfigError("model.input.max_size", "applies to detection only; classify resizes to size")
+        max_size = None
+    else:
+        if not _positive_int(size):
+            raise ConfigError("model.input.size", f"must be a positive integer (shorter image side), got {size!r}")
+        max_size = value.get("max_size", max(size, round(size * 1333 / 800)))
+        if not _positive_int(max_size) or max_size < size:
+            raise ConfigError("model.input.max_size", f"must be an integer >= size ({size}), got {max_size!r}")
+    mean = value.get("mean", IMAGENET_MEAN)
+    std = value.get("std", IMAGENET_STD)
+    for key, triple in (("mean", mean), ("std", std)):
+        if not (isinstance(triple, list) and len(triple) == 3 and all(isinstance(v, (int, float)) for v in triple)):
+            raise ConfigError(f"model.input.{key}", f"must be a list of 3 numbers (R, G, B), got {triple!r}")
+    if any(v <= 0 for v in std):
+        raise ConfigError("model.input.std", f"must be positive, got {std!r}")
+    return {"size": size, "max_size": max_size, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def _classes(classes: Any, head: dict[str, Any]) -> tuple[list[str], int]:
+    num_classes = head.get("num_classes")
+    if num_classes is not None and not _positive_int(num_classes):
+        raise ConfigError("model.head.num_classes", f"must be a positive integer, got {num_classes!r}")
+    if classes is None:
+        if num_classes is None:
+            raise ConfigError("model.head.num_classes", "is required (or give model.classes, a list of names)")
+        return [str(i) for i in range(num_classes)], num_classes
+    if not isinstance(classes, list) or not classes:
+        raise ConfigError("model.classes", f"must be a non-empty list of class names, got {classes!r}")
+    classes = [str(c) for c in classes]
+    if num_classes is not None and num_classes != len(classes):
+        raise ConfigError(
+            "model.head.num_classes", f"is {num_classes} but model.classes lists {len(classes)} names; make them agree"
+        )
+    return classes, len(classes)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

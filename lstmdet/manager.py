@@ -1,0 +1,124 @@
+"""Builds the pluggy plugin manager and the component registry from it.
+
+Nothing here is a module-level singleton: :func:`build_plugin_manager` makes a new manager each
+time. :func:`current_registry` memoises the registry for the current environment (the value of
+``LSTMDET_DISABLE_PLUGINS`` and ``sys.path``), so installing a plugin or changing the block list
+in a running process takes effect on the next call.
+
+Plugins come only from the ``lstmdet`` entry-point group. The built-in plugins are declared there
+by lstmdet's own ``pyproject.toml`` (:data:`DEFAULT_PLUGINS` lists their entry-point names), so they
+go through the same path as third-party ones and can be disabled the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+
+import pluggy
+
+from lstmdet import hookspecs
+from lstmdet.errors import LstmdetError
+from lstmdet.registry import KINDS, ComponentRegistry, Registrar
+
+ENTRY_POINT_GROUP = "lstmdet"
+DISABLE_ENV = "LSTMDET_DISABLE_PLUGINS"
+
+#: Entry-point names of the built-in plugins (declared in pyproject.toml).
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "backbones_torchvision",
+    "backbones_small",
+    "encoders_lstm",
+    "encoders_convlstm",
+    "heads_classifier",
+    "heads_detection",
+)
+
+
+def disabled_from_env(environ: dict[str, str] | None = None) -> list[str]:
+    """Plugin names listed in ``LSTMDET_DISABLE_PLUGINS`` (comma-separated, blanks ignored)."""
+    value = (os.environ if environ is None else environ).get(DISABLE_ENV, "")
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def build_plugin_manager(
+    disabled: Iterable[str] | None = None, extra_plugins: Iterable[tuple[str, object]] = ()
+) -> pluggy.PluginManager:
+    """Create a plugin manager with lstmdet's hook specs and every installed plugin.
+
+    Args:
+        disabled: Plugin names to block; ``None`` reads ``LSTMDET_DISABLE_PLUGINS``.
+        extra_plugins: ``(name, plugin)`` pairs registered directly (for tests and embedding).
+
+    Returns:
+        A manager whose registered plugins are the entry points of group ``lstmdet`` that are
+        not blocked, plus ``extra_plugins``.
+
+    Raises:
+        LstmdetError: lstmdet's own built-in plugins are missing although none was disabled
+            (lstmdet is imported from a source tree that was never installed).
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    blocked = disabled_from_env() if disabled is None else list(disabled)
+    for name in blocked:
+        pm.set_blocked(name)
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for name, plugin in extra_plugins:
+        pm.register(plugin, name=name)
+    missing = [n for n in DEFAULT_PLUGINS if pm.get_plugin(n) is None and not pm.is_blocked(n)]
+    if missing:
+        raise LstmdetError(
+            f"lstmdet's built-in plugins {missing} were not found in the {ENTRY_POINT_GROUP!r} entry-point "
+            "group: install lstmdet (`pip install -e .` in the source tree) instead of importing it from a path"
+        )
+    return pm
+
+
+def build_registry(pm: pluggy.PluginManager) -> ComponentRegistry:
+    """Call every plugin's registration hooks, each with a registrar bound to that plugin."""
+    registry = ComponentRegistry()
+    for kind in KINDS:
+        caller = getattr(pm.hook, f"lstmdet_register_{kind}")
+        # Hook implementations are called one by one (not through the hook caller) so that each
+        # receives a registrar that knows which plugin it is registering for.
+        for impl in reversed(caller.get_hookimpls()):
+            impl.function(registry=Registrar(registry, kind, impl.plugin_name))
+    return registry
+
+
+_cache: dict[tuple, tuple[pluggy.PluginManager, ComponentRegistry]] = {}
+
+
+def _environment_key() -> tuple:
+    return (tuple(disabled_from_env()), tuple(sys.path))
+
+
+def current_plugin_manager() -> pluggy.PluginManager:
+    """The plugin manager for the current environment (built on first use, then reused)."""
+    return _current()[0]
+
+
+def current_registry() -> ComponentRegistry:
+    """The component registry for the current environment (built on first use, then reused)."""
+    return _current()[1]
+
+
+def _current() -> tuple[pluggy.PluginManager, ComponentRegistry]:
+    key = _environment_key()
+    if key not in _cache:
+        _cache.clear()
+        pm = build_plugin_manager()
+        _cache[key] = (pm, build_registry(pm))
+    return _cache[key]
+
+
+def plugin_distributions(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Map plugin name -> ``"distribution version"`` for plugins loaded from entry points."""
+    found: dict[str, str] = {}
+    for plugin, dist in pm.list_plugin_distinfo():
+        name = pm.get_name(plugin)
+        if name is not None:
+            found[name] = f"{dist.metadata['name']} {dist.version}"
+    return found

@@ -1,0 +1,152 @@
+"""Name -> factory registry for every kind of component.
+
+The registry is filled once, when the plugin manager is built: each plugin's
+``lstmdet_register_<kind>`` hook receives a :class:`Registrar` bound to that plugin and kind, and
+calls ``registrar.add(name, factory)``. Afterwards the registry is read-only in practice: code asks
+it for a factory by ``(kind, name)`` and calls the factory with the options from a config.
+
+Contract of the factories, per kind (see :mod:`lstmdet.hookspecs` for the full text):
+
+* ``backbones``: ``factory(**options) -> nn.Module`` with ``feature_info``.
+* ``encoders``: ``factory(in_channels, **options) -> nn.Module`` with ``out_channels``.
+* ``heads``: ``factory(in_channels, num_classes, **options) -> nn.Module`` with ``task``.
+* ``datasets``: ``factory(**options) -> torch.utils.data.Dataset``.
+
+Names are unique per kind. Registering a name twice raises :class:`DuplicateComponentError`
+naming both plugins; asking for a name nobody registered raises :class:`UnknownComponentError`
+listing the names that are available.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lstmdet.errors import DuplicateComponentError, LstmdetError, UnknownComponentError
+
+KINDS: tuple[str, ...] = ("backbones", "encoders", "heads", "datasets")
+SINGULAR = {"backbones": "backbone", "encoders": "encoder", "heads": "head", "datasets": "dataset"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component.
+
+    Attributes:
+        kind: One of :data:`KINDS`.
+        name: Name used in configs and on the command line.
+        factory: Callable that builds the component.
+        plugin: Name of the plugin that registered it (its entry-point name).
+    """
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+
+    def options(self) -> list[str]:
+        """Names of the keyword options the factory accepts (positional contract args excluded)."""
+        skip = {"in_channels", "num_classes", "self"}
+        params = inspect.signature(self.factory).parameters.values()
+        return [p.name for p in params if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+class Registrar:
+    """What a plugin's hook receives: adds factories of one kind on behalf of one plugin.
+
+    Args:
+        registry: The registry being filled.
+        kind: Kind of component this registrar adds.
+        plugin: Name of the plugin whose hook holds this registrar.
+    """
+
+    def __init__(self, registry: ComponentRegistry, kind: str, plugin: str) -> None:
+        self._registry = registry
+        self.kind = kind
+        self.plugin = plugin
+
+    def add(self, name: str, factory: Callable[..., Any]) -> None:
+        """Register ``factory`` under ``name``.
+
+        Args:
+            name: Name used in configs; lower case letters, digits and ``_`` are recommended.
+            factory: Callable returning the component (see the module docstring for its contract).
+
+        Raises:
+            DuplicateComponentError: Another plugin (or this one) already registered ``name``.
+            LstmdetError: ``name`` is not a non-empty string or ``factory`` is not callable.
+        """
+        self._registry.add(self.kind, name, factory, self.plugin)
+
+
+class ComponentRegistry:
+    """All registered components, by kind and name."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+    def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str) -> None:
+        """Register a factory; see :meth:`Registrar.add`."""
+        self._check_kind(kind)
+        if not isinstance(name, str) or not name:
+            raise LstmdetError(f"plugin {plugin!r} registered a {SINGULAR[kind]} with an invalid name {name!r}")
+        if not callable(factory):
+            raise LstmdetError(f"plugin {plugin!r} registered {SINGULAR[kind]} {name!r} with a non-callable factory")
+        existing = self._entries[kind].get(name)
+        if existing is not None:
+            raise DuplicateComponentError(
+                f"{SINGULAR[kind]} {name!r} is registered twice: by plugin {existing.plugin!r} and by plugin "
+                f"{plugin!r}; rename one of them or disable a plugin with LSTMDET_DISABLE_PLUGINS"
+            )
+        self._entries[kind][name] = Entry(kind, name, factory, plugin)
+
+    def get(self, kind: str, name: str) -> Entry:
+        """Return the entry for ``name``.
+
+        Raises:
+            UnknownComponentError: No plugin registered ``name`` for ``kind``.
+        """
+        self._check_kind(kind)
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            available = ", ".join(sorted(self._entries[kind])) or "(none)"
+            raise UnknownComponentError(
+                f"unknown {SINGULAR[kind]} {name!r}; available {kind}: {available}. "
+                f"If {name!r} comes from a plugin, that plugin may not be installed or may be disabled "
+                "by LSTMDET_DISABLE_PLUGINS"
+            ) from None
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names registered for ``kind``."""
+        self._check_kind(kind)
+        return sorted(self._entries[kind])
+
+    def entries(self) -> list[Entry]:
+        """Every entry, ordered by kind then name."""
+        return [self._entries[kind][name] for kind in KINDS for name in sorted(self._entries[kind])]
+
+    def create(self, kind: str, name: str, *args: Any, **options: Any) -> Any:
+        """Build component ``name`` of ``kind`` with positional contract args and options.
+
+        Raises:
+            UnknownComponentError: ``name`` is not registered.
+            LstmdetError: The factory does not accept one of ``options``; the message lists the
+                options it does accept.
+        """
+        entry = self.get(kind, name)
+        try:
+            inspect.signature(entry.factory).bind(*args, **options)
+        except TypeError as exc:
+            raise LstmdetError(
+                f"{SINGULAR[kind]} {name!r} cannot take options {sorted(options)}: {exc}; "
+                f"accepted options: {', '.join(entry.options()) or '(none)'}"
+            ) from None
+        return entry.factory(*args, **options)
+
+    @staticmethod
+    def _check_kind(kind: str) -> None:
+        if kind not in KINDS:
+            raise LstmdetError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")

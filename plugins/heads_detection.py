@@ -1,0 +1,497 @@
+"""Built-in detection heads ``fcos`` and ``retinanet``, built on torchvision's detection models.
+
+Both heads subclass torchvision's :class:`~torchvision.models.detection.FCOS` /
+:class:`~torchvision.models.detection.RetinaNet` *without* running their constructors (no backbone,
+no transform, no anchor generator is built). They set only what the inherited
+``compute_loss`` and ``postprocess_detections`` use, so matching (FCOS centre sampling and scale
+ranges, RetinaNet IoU ``Matcher``), losses (sigmoid focal, GIoU / L1, centre-ness), box coding
+(``BoxLinearCoder`` / ``BoxCoder``), score filtering, top-k, clipping and ``batched_nms`` are
+torchvision's own code. What lstmdet adds is the :class:`lstmdet.interfaces.Head` ``forward``:
+
+* ``features`` (ordered dict) become the list of levels torchvision's heads expect;
+* each level's stride is derived at forward time from ``images.tensors`` and the map's height
+  (the smallest power of two ``s`` with ``ceil(H / s) == h``), because the head does not know the
+  backbone when it is built. One :class:`~torchvision.models.detection.anchor_utils.AnchorGenerator`
+  is cached per tuple of strides and its ``grid_anchors`` is called with those strides (its own
+  ``forward`` would use ``H // h``, which is wrong when ``H`` is not a multiple of the stride);
+* detections are returned in the frame of ``images`` (boxes clipped to ``images.image_sizes``);
+  there is no resize back to original image sizes here: the model does that.
+
+Class labels are ``0 .. num_classes - 1``; there is no background class (both heads use one sigmoid
+per class).
+
+Normalisation in the conv towers (``norm``): torchvision's FCOS head always uses
+``GroupNorm(32, C)``, which needs ``C`` divisible by 32; with ``norm="group"`` and any other ``C``
+the head raises ``ValueError`` (rather than silently picking another group count, which would no
+longer be torchvision's head). ``norm="batch"`` (``BatchNorm2d``) and ``norm="none"`` work for any
+``C``; they are passed as ``norm_layer`` to torchvision's sub-heads. RetinaNet's default is
+``norm="none"``, torchvision's original (v1) head; ``"group"`` is the v2 head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops.misc import Conv2dNormActivation
+
+from lstmdet import hookimpl
+from lstmdet.errors import AssemblyError
+
+if TYPE_CHECKING:
+    from lstmdet.registry import Registrar
+
+NORMS: tuple[str, ...] = ("group", "batch", "none")
+_MAX_LOG2_STRIDE = 16
+
+
+# --------------------------------------------------------------------------------------------------
+# option checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_int(head: str, name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{head} head: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_float(head: str, name: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{head} head: {name} must be a number in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _norm_layer(head: str, norm: str, channels: int) -> Callable[..., nn.Module] | None:
+    """Map the ``norm`` option to a torchvision ``norm_layer`` (``None`` means no normalisation)."""
+    if norm not in NORMS:
+        raise ValueError(f"{head} head: norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    if norm == "group":
+        if channels % 32:
+            raise ValueError(
+                f"{head} head: norm='group' uses torchvision's GroupNorm(32, C), which needs in_channels "
+                f"divisible by 32, got in_channels={channels}; give the encoder a multiple of 32 output "
+                "channels, or set the head option norm to 'batch' or 'none'"
+            )
+        return partial(nn.GroupNorm, 32)
+    if norm == "batch":
+        return nn.BatchNorm2d
+    return None
+
+
+def level_strides(image_height: int, feature_heights: Sequence[int]) -> tuple[int, ...]:
+    """Stride of each feature level, derived from the padded image height.
+
+    Backbones return maps of height ``ceil(H / stride)``; the stride of a level is the smallest power
+    of two ``s`` with ``ceil(H / s) == h``. A map no power of two explains gets ``H / h`` rounded to
+    the nearest power of two (in log scale).
+
+    Args:
+        image_height: Height ``H`` of ``images.tensors``.
+        feature_heights: Height ``h`` of each level.
+
+    Returns:
+        One power-of-two stride per level.
+    """
+    strides = []
+    for h in feature_heights:
+        stride = next(
+            (2**k for k in range(_MAX_LOG2_STRIDE + 1) if math.ceil(image_height / 2**k) == h),
+            None,
+        )
+        if stride is None:
+            stride = 2 ** max(0, round(math.log2(image_height / max(h, 1))))
+        strides.append(stride)
+    return tuple(strides)
+
+
+# --------------------------------------------------------------------------------------------------
+# shared forward
+# --------------------------------------------------------------------------------------------------
+
+
+class _HeadForward:
+    """The lstmdet ``Head`` protocol on top of a torchvision one-stage detector.
+
+    Subclasses set ``head``, ``in_channels``, ``num_classes``, ``num_anchors`` and implement
+    ``_make_anchor_generator`` and ``_losses``; ``postprocess_detections`` comes from torchvision.
+    """
+
+    task = "detect"
+    head: nn.Module
+    in_channels: int
+    num_classes: int
+    num_anchors: int
+    _anchor_generators: dict[tuple[int, ...], AnchorGenerator]
+    _name: str
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        images: ImageList,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses (with ``targets``) or detections (without).
+
+        Args:
+            features: Ordered dict of ``(N, C, h_i, w_i)`` maps, ``C == in_channels``, finest first
+                or in any order (each level gets its own stride).
+            images: ``images.tensors`` ``(N, 3, H, W)`` (padded) and ``images.image_sizes``.
+            targets: One dict per image: ``boxes`` ``(M, 4)`` xyxy pixels in the frame of
+                ``images`` and ``labels`` ``(M,)`` int64 in ``[0, num_classes)``; ``M`` may be 0.
+
+        Returns:
+            With targets: torchvision's loss dict of scalars (FCOS: ``classification``,
+            ``bbox_regression``, ``bbox_ctrness``; RetinaNet: ``classification``,
+            ``bbox_regression``). Without: one dict per image with ``boxes`` ``(K, 4)`` xyxy inside
+            that image's ``image_sizes``, ``scores`` ``(K,)`` and ``labels`` ``(K,)`` int64,
+            best first.
+
+        Raises:
+            AssemblyError: No levels, or a level with the wrong channel count or batch size.
+            ValueError: Malformed targets (count, shapes, labels out of range, empty-area boxes).
+        """
+        levels = self._levels(features, images)
+        head_outputs = self.head(levels)
+        anchors = self._anchors(levels, images)
+        per_level = [x.shape[-2] * x.shape[-1] * self.num_anchors for x in levels]
+        if targets is not None:
+            checked = self._checked_targets(targets, levels[0].shape[0], levels[0].device)
+            return self._losses(checked, head_outputs, anchors, per_level)
+        split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(per_level)) for a in anchors]
+        sizes = [(int(h), int(w)) for h, w in images.image_sizes]
+        return self.postprocess_detections(split_outputs, split_anchors, sizes)  # type: ignore[attr-defined]
+
+    # -- pieces ------------------------------------------------------------------------------------
+
+    def _levels(self, features: dict[str, Tensor], images: ImageList) -> list[Tensor]:
+        if not features:
+            raise AssemblyError(f"{self._name} head received no feature maps; the encoder returned an empty dict")
+        n = images.tensors.shape[0]
+        if len(images.image_sizes) != n:
+            raise AssemblyError(f"{self._name} head: images has {len(images.image_sizes)} image_sizes for {n} images")
+        for name, x in features.items():
+            if x.dim() != 4 or x.shape[0] != n or x.shape[1] != self.in_channels:
+                raise AssemblyError(
+                    f"{self._name} head expects every level as (N={n}, C={self.in_channels}, h, w); level "
+                    f"{name!r} is {tuple(x.shape)}; build the head with in_channels equal to the encoder's "
+                    "out_channels"
+                )
+        return list(features.values())
+
+    def _anchors(self, levels: list[Tensor], images: ImageList) -> list[Tensor]:
+        """Anchors ``(A_total, 4)`` xyxy, one (shared) tensor per image."""
+        strides = level_strides(int(images.tensors.shape[-2]), [int(x.shape[-2]) for x in levels])
+        generator = self._anchor_generators.get(strides)
+        if generator is None:
+            generator = self._make_anchor_generator(strides)
+            self._anchor_generators[strides] = generator
+        x0 = levels[0]
+        generator.set_cell_anchors(x0.dtype, x0.device)
+        grid_sizes = [list(x.shape[-2:]) for x in levels]
+        step = [[torch.tensor(s, dtype=torch.int64, device=x0.device)] * 2 for s in strides]
+        anchors = torch.cat(generator.grid_anchors(grid_sizes, step))
+        return [anchors] * images.tensors.shape[0]
+
+    def _checked_targets(
+        self, targets: list[dict[str, Tensor]], batch: int, device: torch.device
+    ) -> list[dict[str, Tensor]]:
+        """Copies of ``targets`` on ``device`` (boxes float32, labels int64), after checking them."""
+        if len(targets) != batch:
+            raise ValueError(
+                f"{self._name} head got {len(targets)} targets for a batch of {batch} images; "
+                "give one target dict per image (with empty boxes for an image without objects)"
+            )
+        out = []
+        for i, t in enumerate(targets):
+            if "boxes" not in t or "labels" not in t:
+                raise ValueError(
+                    f"{self._name} head: target {i} needs 'boxes' (M, 4) and 'labels' (M,); got keys {sorted(t)}"
+                )
+            boxes = torch.as_tensor(t["boxes"]).to(device=device, dtype=torch.float32)
+            labels = torch.as_tensor(t["labels"]).to(device=device, dtype=torch.int64)
+            if boxes.numel() == 0:
+                boxes = boxes.reshape(0, 4)
+            if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
+                raise ValueError(
+                    f"{self._name} head: target {i} has boxes {tuple(boxes.shape)} and labels "
+                    f"{tuple(labels.shape)}; expected (M, 4) and (M,)"
+                )
+            out.append({**t, "boxes": boxes, "labels": labels})
+        labels = torch.cat([t["labels"] for t in out])
+        boxes = torch.cat([t["boxes"] for t in out])
+        bad_label = (labels < 0) | (labels >= self.num_classes)
+        bad_box = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1) | ~torch.isfinite(boxes).all(dim=1)
+        if bool(torch.cat([bad_label, bad_box]).any()):  # one device sync for all checks
+            self._raise_bad_targets(out)
+        return out
+
+    def _raise_bad_targets(self, targets: list[dict[str, Tensor]]) -> None:
+        for i, t in enumerate(targets):
+            labels, boxes = t["labels"], t["boxes"]
+            bad = (labels < 0) | (labels >= self.num_classes)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{self._name} head: target {i} has label {int(labels[bad][0])}; labels must lie in "
+                    f"[0, {self.num_classes}) (no background class); check num_classes against the dataset"
+                )
+            bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1) | ~torch.isfinite(boxes).all(dim=1)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{self._name} head: target {i} has box {boxes[bad][0].tolist()}, which is not finite "
+                    "or has no area; boxes must be xyxy pixels with x2 > x1 and y2 > y1 (drop empty boxes "
+                    "after augmentation)"
+                )
+
+    def _make_anchor_generator(self, strides: tuple[int, ...]) -> AnchorGenerator:
+        raise NotImplementedError
+
+    def _losses(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        num_anchors_per_level: list[int],
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+# FCOS
+# --------------------------------------------------------------------------------------------------
+
+
+class FCOSDetectionHead(_HeadForward, FCOS):
+    """FCOS head (torchvision's ``FCOSHead``, matching, losses and post-processing).
+
+    One anchor point per location; its size equals the level's stride, which FCOS uses for centre
+    sampling (radius ``center_sampling_radius * stride``) and to assign boxes to levels (maximum
+    regression distance in ``(4 * stride, 8 * stride)``, open-ended on the first and last level).
+
+    Args:
+        in_channels: Channels ``C`` of every feature level.
+        num_classes: Number of object classes (labels ``0 .. num_classes - 1``).
+        num_convs: Conv layers in each of the classification and regression towers.
+        score_thresh: Minimum score ``sqrt(sigmoid(cls) * sigmoid(ctrness))`` kept at inference.
+        nms_thresh: IoU threshold of the per-class NMS.
+        detections_per_img: Maximum detections per image after NMS.
+        topk_candidates: Candidates kept per level before NMS.
+        center_sampling_radius: Centre-sampling radius in units of the level stride.
+        norm: Normalisation in the towers: ``"group"`` (torchvision's ``GroupNorm(32, C)``; needs
+            ``C`` divisible by 32), ``"batch"`` or ``"none"``.
+
+    Raises:
+        ValueError: An option is out of range; the message names it and the allowed values.
+    """
+
+    _name = "fcos"
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        num_convs: int = 4,
+        score_thresh: float = 0.2,
+        nms_thresh: float = 0.6,
+        detections_per_img: int = 100,
+        topk_candidates: int = 1000,
+        center_sampling_radius: float = 1.5,
+        norm: str = "group",
+    ) -> None:
+        nn.Module.__init__(self)  # torchvision's FCOS.__init__ would build a backbone and transform
+        name = self._name
+        self.in_channels = _check_int(name, "in_channels", in_channels, 1)
+        self.num_classes = _check_int(name, "num_classes", num_classes, 1)
+        num_convs = _check_int(name, "num_convs", num_convs, 0)
+        norm_layer = _norm_layer(name, norm, in_channels)
+        self.norm = norm
+        self.num_anchors = 1
+        if norm == "group":
+            self.head = FCOSHead(in_channels, 1, num_classes, num_convs=num_convs)
+        else:  # FCOSHead hard-codes GroupNorm; its sub-heads take norm_layer ("none": identity)
+            self.head = FCOSHead(in_channels, 1, num_classes, num_convs=0)
+            layer = norm_layer if norm_layer is not None else nn.Identity
+            self.head.classification_head = FCOSClassificationHead(
+                in_channels, 1, num_classes, num_convs=num_convs, norm_layer=layer
+            )
+            self.head.regression_head = FCOSRegressionHead(in_channels, 1, num_convs=num_convs, norm_layer=layer)
+        self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
+        self.center_sampling_radius = _check_float(
+            name, "center_sampling_radius", center_sampling_radius, 0.0, math.inf, low_open=True
+        )
+        self.score_thresh = _check_float(name, "score_thresh", score_thresh, 0.0, 1.0)
+        self.nms_thresh = _check_float(name, "nms_thresh", nms_thresh, 0.0, 1.0)
+        self.detections_per_img = _check_int(name, "detections_per_img", detections_per_img, 1)
+        self.topk_candidates = _check_int(name, "topk_candidates", topk_candidates, 1)
+        self._anchor_generators = {}
+        self._has_warned = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, norm={self.norm!r}, score_thresh={self.score_thresh}, "
+            f"nms_thresh={self.nms_thresh}, center_sampling_radius={self.center_sampling_radius}"
+        )
+
+    def _make_anchor_generator(self, strides: tuple[int, ...]) -> AnchorGenerator:
+        # As torchvision's FCOS default: one square anchor per location, side = the level stride.
+        return AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+
+    def _losses(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        num_anchors_per_level: list[int],
+    ) -> dict[str, Tensor]:
+        return self.compute_loss(targets, head_outputs, anchors, num_anchors_per_level)
+
+
+# --------------------------------------------------------------------------------------------------
+# RetinaNet
+# --------------------------------------------------------------------------------------------------
+
+
+def _retinanet_tower(channels: int, num_convs: int, norm_layer: Callable[..., nn.Module] | None) -> nn.Sequential:
+    """A RetinaNet conv tower of ``num_convs`` layers (torchvision's head hard-codes 4).
+
+    Same layers (``Conv2dNormActivation``) and initialisation (normal, std 0.01; zero bias) as
+    torchvision's ``RetinaNetClassificationHead`` / ``RetinaNetRegressionHead``.
+    """
+    tower = nn.Sequential(*(Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(num_convs)))
+    for module in tower.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return tower
+
+
+class RetinaNetDetectionHead(_HeadForward, RetinaNet):
+    """RetinaNet head (torchvision's ``RetinaNetHead``, ``Matcher``, losses and post-processing).
+
+    Anchors per level: sizes ``anchor_scale * stride * 2 ** (i / scales_per_octave)`` for
+    ``i < scales_per_octave``, each with every aspect ratio (height / width).
+
+    Args:
+        in_channels: Channels ``C`` of every feature level.
+        num_classes: Number of object classes (labels ``0 .. num_classes - 1``).
+        num_convs: Conv layers in each of the classification and regression towers.
+        anchor_scale: Base anchor size in units of the level stride.
+        scales_per_octave: Anchor sizes per level (octave subdivisions).
+        aspect_ratios: Anchor aspect ratios (height / width), all positive.
+        score_thresh: Minimum sigmoid score kept at inference.
+        nms_thresh: IoU threshold of the per-class NMS.
+        detections_per_img: Maximum detections per image after NMS.
+        topk_candidates: Candidates kept per level before NMS.
+        fg_iou_thresh: Anchors with IoU >= this with a box are foreground.
+        bg_iou_thresh: Anchors with IoU < this with every box are background (in between: ignored).
+        norm: Normalisation in the towers: ``"none"`` (torchvision's v1 head), ``"group"`` (v2 head,
+            ``GroupNorm(32, C)``, needs ``C`` divisible by 32) or ``"batch"``.
+
+    Raises:
+        ValueError: An option is out of range; the message names it and the allowed values.
+    """
+
+    _name = "retinanet"
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        num_convs: int = 4,
+        anchor_scale: float = 4.0,
+        scales_per_octave: int = 3,
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        topk_candidates: int = 1000,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.4,
+        norm: str = "none",
+    ) -> None:
+        nn.Module.__init__(self)  # torchvision's RetinaNet.__init__ would build a backbone and transform
+        name = self._name
+        self.in_channels = _check_int(name, "in_channels", in_channels, 1)
+        self.num_classes = _check_int(name, "num_classes", num_classes, 1)
+        num_convs = _check_int(name, "num_convs", num_convs, 0)
+        self.anchor_scale = _check_float(name, "anchor_scale", anchor_scale, 0.0, math.inf, low_open=True)
+        self.scales_per_octave = _check_int(name, "scales_per_octave", scales_per_octave, 1)
+        if isinstance(aspect_ratios, (str, bytes)) or not isinstance(aspect_ratios, Sequence) or not aspect_ratios:
+            raise ValueError(
+                f"{name} head: aspect_ratios must be a non-empty list of positive numbers, got {aspect_ratios!r}"
+            )
+        self.aspect_ratios = tuple(
+            _check_float(name, "each of aspect_ratios", r, 0.0, math.inf, low_open=True) for r in aspect_ratios
+        )
+        fg = _check_float(name, "fg_iou_thresh", fg_iou_thresh, 0.0, 1.0, low_open=True)
+        bg = _check_float(name, "bg_iou_thresh", bg_iou_thresh, 0.0, 1.0)
+        if bg > fg:
+            raise ValueError(
+                f"{name} head: bg_iou_thresh ({bg}) must not exceed fg_iou_thresh ({fg}); anchors between "
+                "the two are ignored"
+            )
+        norm_layer = _norm_layer(name, norm, in_channels)
+        self.norm = norm
+        self.num_anchors = self.scales_per_octave * len(self.aspect_ratios)
+        self.head = RetinaNetHead(in_channels, self.num_anchors, num_classes, norm_layer=norm_layer)
+        if num_convs != 4:
+            self.head.classification_head.conv = _retinanet_tower(in_channels, num_convs, norm_layer)
+            self.head.regression_head.conv = _retinanet_tower(in_channels, num_convs, norm_layer)
+        self.fg_iou_thresh, self.bg_iou_thresh = fg, bg
+        self.proposal_matcher = det_utils.Matcher(fg, bg, allow_low_quality_matches=True)
+        self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.score_thresh = _check_float(name, "score_thresh", score_thresh, 0.0, 1.0)
+        self.nms_thresh = _check_float(name, "nms_thresh", nms_thresh, 0.0, 1.0)
+        self.detections_per_img = _check_int(name, "detections_per_img", detections_per_img, 1)
+        self.topk_candidates = _check_int(name, "topk_candidates", topk_candidates, 1)
+        self._anchor_generators = {}
+        self._has_warned = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, norm={self.norm!r}, anchor_scale={self.anchor_scale}, "
+            f"scales_per_octave={self.scales_per_octave}, aspect_ratios={self.aspect_ratios}, "
+            f"score_thresh={self.score_thresh}, nms_thresh={self.nms_thresh}"
+        )
+
+    def anchor_sizes(self, stride: int) -> tuple[float, ...]:
+        """Anchor sizes (pixels) of a level with ``stride``."""
+        return tuple(
+            self.anchor_scale * stride * 2 ** (i / self.scales_per_octave) for i in range(self.scales_per_octave)
+        )
+
+    def _make_anchor_generator(self, strides: tuple[int, ...]) -> AnchorGenerator:
+        return AnchorGenerator(tuple(self.anchor_sizes(s) for s in strides), (self.aspect_ratios,) * len(strides))
+
+    def _losses(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        num_anchors_per_level: list[int],
+    ) -> dict[str, Tensor]:
+        return self.compute_loss(targets, head_outputs, anchors)
+
+
+@hookimpl
+def lstmdet_register_heads(registry: Registrar) -> None:
+    """Register the ``fcos`` and ``retinanet`` heads."""
+    registry.add("fcos", FCOSDetectionHead)
+    registry.add("retinanet", RetinaNetDetectionHead)

@@ -1,0 +1,30 @@
+"""Shared fixtures: the real MNIST-10k split, seeds and threads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lstmdet.data.mnist import mnist10k_split
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The MNIST-10k protocol split: {"train": (uint8 (8000,28,28), labels), "test": (2000 ...)}."""
+    return mnist10k_split()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: on a machine without it they are reported as skipped."""
+    if torch.cuda.is_available():
+        return
+    no_cuda = pytest.mark.skip(reason="marked gpu and this machine has no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_cuda)

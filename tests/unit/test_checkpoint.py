@@ -1,0 +1,95 @@
+"""Checkpoints: self-describing round trips, and refusal of anything that would unpickle code."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from helpers import detect_config
+
+import lstmdet
+from lstmdet.checkpoint import read_checkpoint, save_checkpoint
+from lstmdet.errors import CheckpointError
+
+
+class _Exploit:
+    """Unpickling this would run a shell command: the classic malicious-checkpoint payload."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /tmp/lstmdet-pwned",))
+
+
+def _model():
+    torch.manual_seed(1)
+    config = detect_config({"name": "bilstm", "hidden": 16}, score_thresh=0.0)
+    config["model"]["classes"] = ["zero", "one", "two"]
+    model = lstmdet.create_model(config)
+    # Move BatchNorm statistics away from their defaults so the round trip covers buffers too.
+    model.train()
+    model.backbone(torch.rand(4, 3, 64, 64))
+    return model.eval()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_round_trip_gives_identical_outputs(tmp_path, suffix):
+    model = _model()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 48, 80)]
+    before = model.predict(images)
+    path = save_checkpoint(tmp_path / f"model{suffix}", model)
+    loaded = lstmdet.load(path)
+    assert loaded.classes == ["zero", "one", "two"]
+    assert loaded.config == model.config
+    after = loaded.predict(images)
+    for a, b in zip(before, after, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key])
+
+
+def test_checkpoint_carries_version_and_train_state(tmp_path):
+    model = _model()
+    path = save_checkpoint(tmp_path / "last.pt", model, train_state={"epoch": 3, "rng": torch.get_rng_state()})
+    data = read_checkpoint(path)
+    assert data["lstmdet_version"] == lstmdet.__version__
+    assert data["train_state"]["epoch"] == 3
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    model = _model()
+    path = tmp_path / "evil.pt"
+    header = {"format": "lstmdet.checkpoint", "format_version": 1, "config": model.config, "classes": []}
+    torch.save({**header, "state_dict": model.state_dict(), "payload": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load .*pickled Python objects"):
+        lstmdet.load(path)
+    import os
+
+    assert not os.path.exists("/tmp/lstmdet-pwned")
+
+
+def test_plain_pickle_and_foreign_files_are_refused(tmp_path):
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not an lstmdet checkpoint"):
+        read_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+        read_checkpoint(garbage)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    model = _model()
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    data = torch.load(path, weights_only=True)
+    data["config"]["model"]["encoder"]["hidden"] = 32
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        lstmdet.load(path)

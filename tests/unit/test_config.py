@@ -1,0 +1,84 @@
+"""Config validation names the bad field and the allowed values."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import classify_config, detect_config
+
+from lstmdet.config import load_config, set_value
+from lstmdet.errors import ConfigError, LstmdetError
+
+
+def _error(config) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    return info.value
+
+
+def test_defaults_are_filled():
+    cfg = load_config(detect_config({"name": "bilstm", "hidden": 16}))
+    assert cfg["model"]["classes"] == ["0", "1", "2"]
+    assert cfg["model"]["input"]["max_size"] == 64
+    assert cfg["model"]["encoder"]["levels"] is None
+    cfg = load_config(
+        {"task": "classify", "model": {"backbone": "rows", "head": {"name": "classifier", "num_classes": 2}}}
+    )
+    assert cfg["model"]["encoder"]["name"] == "identity"
+    assert cfg["model"]["input"]["size"] == [224, 224]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "hint"),
+    [
+        (lambda c: c.update(task="segment"), "task", "classify, detect"),
+        (lambda c: c.update(modle={}), "modle", "allowed keys"),
+        (lambda c: c["model"].pop("backbone"), "model.backbone", "mapping"),
+        (lambda c: c["model"]["encoder"].pop("name"), "model.encoder.name", "registered"),
+        (lambda c: c["model"]["head"].update(num_classes=0), "model.head.num_classes", "positive"),
+        (lambda c: c["model"].update(classes=["a", "b"]), "model.head.num_classes", "agree"),
+        (lambda c: c["model"]["input"].update(size=[28]), "model.input.size", "[height, width]"),
+        (lambda c: c["model"]["input"].update(std=[1, 0, 1]), "model.input.std", "positive"),
+        (lambda c: c["model"]["input"].update(max_size=10), "model.input.max_size", "classify"),
+        (lambda c: c["model"]["encoder"].update(levels=[]), "model.encoder.levels", "non-empty"),
+        (lambda c: c.update(train=[1]), "train", "mapping"),
+    ],
+)
+def test_bad_fields_are_named(mutate, field, hint):
+    config = classify_config({"name": "lstm"})
+    mutate(config)
+    error = _error(config)
+    assert error.field == field
+    assert hint in str(error)
+    assert str(error).startswith(f"config field {field}:")
+
+
+def test_detect_max_size_below_size():
+    config = detect_config({"name": "identity"})
+    config["model"]["input"]["max_size"] = 32
+    assert _error(config).field == "model.input.max_size"
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(LstmdetError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: [unclosed\n")
+    with pytest.raises(LstmdetError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(LstmdetError, match="mapping at the top level"):
+        load_config(bad)
+
+
+def test_set_value_parses_yaml_and_creates_sections():
+    config = {"train": {"epochs": 2}}
+    set_value(config, "train.epochs=5")
+    set_value(config, "model.encoder.hidden=32")
+    set_value(config, "model.backbone.widths=[8, 16]")
+    assert config["train"]["epochs"] == 5
+    assert config["model"]["encoder"]["hidden"] == 32
+    assert config["model"]["backbone"]["widths"] == [8, 16]
+    with pytest.raises(ConfigError):
+        set_value(config, "no-equals-sign")
+    with pytest.raises(ConfigError, match=r"train\.epochs: holds a value of type int"):
+        set_value(config, "train.epochs.x=1")

@@ -1,0 +1,110 @@
+"""Registry, registrar and plugin manager: duplicates, unknown names, block list, entry points."""
+
+from __future__ import annotations
+
+from importlib.metadata import distribution
+
+import pytest
+
+import lstmdet
+from lstmdet import hookimpl
+from lstmdet.errors import DuplicateComponentError, LstmdetError, UnknownComponentError
+from lstmdet.manager import DEFAULT_PLUGINS, build_plugin_manager, build_registry, current_registry
+from lstmdet.registry import KINDS, ComponentRegistry, Registrar
+
+
+def _factory(in_channels: int, *, hidden: int = 8) -> dict:
+    return {"in_channels": in_channels, "hidden": hidden}
+
+
+class _PluginA:
+    @hookimpl
+    def lstmdet_register_encoders(self, registry: Registrar) -> None:
+        registry.add("shared_name", _factory)
+
+
+class _PluginB:
+    @hookimpl
+    def lstmdet_register_encoders(self, registry: Registrar) -> None:
+        registry.add("shared_name", _factory)
+
+
+def test_builtin_plugins_are_the_distributions_entry_points():
+    declared = {ep.name for ep in distribution("lstmdet").entry_points if ep.group == "lstmdet"}
+    assert declared == set(DEFAULT_PLUGINS)
+
+
+def test_every_kind_has_builtins():
+    listing = lstmdet.components()
+    assert set(listing) == set(KINDS)
+    assert {"resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "vgg16"} <= set(
+        listing["backbones"]
+    )
+    assert {"small_cnn", "rows"} <= set(listing["backbones"])
+    assert {"identity", "lstm", "bilstm", "convlstm"} <= set(listing["encoders"])
+    assert {"classifier", "fcos", "retinanet"} <= set(listing["heads"])
+    assert listing["encoders"]["convlstm"] == "encoders_convlstm"
+
+
+def test_duplicate_name_names_both_plugins():
+    pm = build_plugin_manager(disabled=[], extra_plugins=[("plugin_a", _PluginA()), ("plugin_b", _PluginB())])
+    with pytest.raises(DuplicateComponentError) as info:
+        build_registry(pm)
+    assert "plugin_a" in str(info.value) and "plugin_b" in str(info.value)
+    assert "'shared_name'" in str(info.value)
+
+
+def test_duplicate_of_a_builtin_is_refused():
+    class Clash:
+        @hookimpl
+        def lstmdet_register_encoders(self, registry):
+            registry.add("bilstm", _factory)
+
+    pm = build_plugin_manager(disabled=[], extra_plugins=[("clash", Clash())])
+    with pytest.raises(DuplicateComponentError, match=r"encoders_lstm.*clash|clash.*encoders_lstm"):
+        build_registry(pm)
+
+
+def test_unknown_name_lists_available_and_hints_at_missing_plugin():
+    with pytest.raises(UnknownComponentError) as info:
+        current_registry().get("encoders", "gru_sweep")
+    message = str(info.value)
+    assert "encoder 'gru_sweep'" in message
+    for name in ("bilstm", "convlstm", "identity", "lstm"):
+        assert name in message
+    assert "plugin" in message and "not be installed" in message
+
+
+def test_unknown_kind_is_clear():
+    with pytest.raises(LstmdetError, match="kinds are: backbones, encoders, heads, datasets"):
+        ComponentRegistry().get("necks", "fpn")
+
+
+def test_create_component_reports_accepted_options():
+    with pytest.raises(LstmdetError) as info:
+        lstmdet.create_component("encoder", "bilstm", 16, hiden=3)
+    assert "hidden" in str(info.value) and "layers" in str(info.value)
+
+
+def test_create_component_builds_a_module():
+    encoder = lstmdet.create_component("encoders", "bilstm", 16, hidden=8)
+    assert encoder.out_channels == 16
+
+
+def test_registrar_rejects_bad_entries():
+    registry = ComponentRegistry()
+    with pytest.raises(LstmdetError, match="invalid name"):
+        Registrar(registry, "heads", "p").add("", _factory)
+    with pytest.raises(LstmdetError, match="non-callable"):
+        Registrar(registry, "heads", "p").add("h", 3)
+
+
+def test_block_list_from_environment(monkeypatch):
+    monkeypatch.setenv("LSTMDET_DISABLE_PLUGINS", " encoders_convlstm , heads_detection")
+    listing = lstmdet.components()
+    assert "convlstm" not in listing["encoders"] and "fcos" not in listing["heads"]
+    assert "bilstm" in listing["encoders"]
+    with pytest.raises(UnknownComponentError, match="LSTMDET_DISABLE_PLUGINS"):
+        current_registry().get("encoders", "convlstm")
+    monkeypatch.delenv("LSTMDET_DISABLE_PLUGINS")
+    assert "convlstm" in lstmdet.components()["encoders"]
