@@ -4,7 +4,7 @@ Public plugin API (stable)::
 
     from lstmdet import hookimpl, FeatureInfo
 
-Python API: :func:`components`, :func:`create_component`, :func:`create_model`, :func:`load`.
+Python API: :func:`components`, :func:`create_component`, :func:`create_model`, :func:`load`, :func:`train`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "create_model",
     "hookimpl",
     "load",
+    "train",
 ]
 
 
@@ -93,3 +94,23 @@ def load(path: str | Path | None = None, *, map_location: str = "cpu") -> Lstmde
     from lstmdet.checkpoint import load_model
 
     return load_model(path, map_location=map_location)
+
+
+def train(
+    config: dict[str, Any] | str | Path, out: str | Path, *, overrides: list[str] | tuple = (), resume: bool = False
+) -> dict[str, Any]:
+    """Train a model from a config (dict or YAML path) into the folder ``out``.
+
+    Args:
+        config: Config with ``model``, ``data.train`` (and usually ``data.val``) and ``train``.
+        out: Output folder: ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``metrics.csv``,
+            ``curves.png``, ``summary.json``.
+        overrides: ``key.path=value`` strings applied to the config first.
+        resume: Continue the run in ``out`` from its ``last.pt``.
+
+    Returns:
+        The ``summary.json`` dict: ``task``, ``epochs``, ``seconds``, ``metrics`` (held-out split).
+    """
+    from lstmdet.engine.train import train as _train
+
+    return _train(config, out, overrides=overrides, resume=resume)

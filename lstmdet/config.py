@@ -11,8 +11,12 @@ its options::
       neck: {channels: 128}           # optional: FPN that brings every level to the same channels
       encoder: {name: bilstm, hidden: 64, levels: [c3]}   # levels: which maps it runs on (default all)
       head: {name: fcos, num_classes: 10}
-    data: ...                         # used by the engine
-    train: ...
+    data:                             # datasets by registered name, with their options
+      train: {name: digits_det, images: 4000, seed: 1}
+      val:   {name: digits_det, images: 300, seed: 99, split: test}
+      test:  {...}                    # optional; the final metrics use test, else val
+      augment: {preset: standard}     # see lstmdet.data.augment
+    train: {epochs: 10, batch_size: 16, lr: 0.002}    # every key: TRAIN_SCHEMA
 
 Validation errors are :class:`~lstmdet.errors.ConfigError` and name the field (``model.encoder.name``)
 and what is allowed. Component options are checked against the factory's signature when the model
@@ -37,6 +41,26 @@ INPUT_KEYS = ("size", "max_size", "mean", "std")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_SIZE = {"classify": 224, "detect": 512}
+DATA_SPLITS = ("train", "val", "test")
+#: ``train`` section: key -> (default, accepted types, allowed values or None).
+TRAIN_SCHEMA: dict[str, tuple[Any, tuple[type, ...], tuple | None]] = {
+    "epochs": (10, (int,), None),
+    "batch_size": (16, (int,), None),
+    "lr": (0.002, (float, int), None),
+    "optimizer": ("adamw", (str,), ("adamw", "sgd")),
+    "weight_decay": (0.05, (float, int), None),
+    "momentum": (0.9, (float, int), None),
+    "scheduler": ("cosine", (str,), ("cosine", "onecycle", "none")),
+    "warmup": (0.05, (float, int), None),
+    "grad_clip": (10.0, (float, int, type(None)), None),
+    "amp": (True, (bool,), None),
+    "workers": (2, (int,), None),
+    "seed": (0, (int,), None),
+    "patience": (None, (int, type(None)), None),
+    "device": ("auto", (str,), None),
+    "eval_batch_size": (None, (int, type(None)), None),
+    "progress": (True, (bool,), None),
+}
 
 
 def load_config(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
@@ -92,10 +116,45 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     model["head"]["levels"] = _levels(model["head"].get("levels"), "model.head.levels")
     model["input"] = _input(model.get("input"), task)
     model["classes"], model["head"]["num_classes"] = _classes(model.get("classes"), model["head"])
-    for section in ("data", "train", "eval", "detect"):
-        if section in config and config[section] is not None:
+    config["train"] = _train(config.get("train"))
+    config["data"] = _data(config.get("data"))
+    for section in ("eval", "detect"):
+        if config.get(section) is not None:
             _mapping(config[section], section)
     return config
+
+
+def _train(value: Any) -> dict[str, Any]:
+    value = {} if value is None else _mapping(value, "train")
+    _check_keys(value, tuple(TRAIN_SCHEMA), "train")
+    out = {}
+    for key, (default, types, allowed) in TRAIN_SCHEMA.items():
+        item = value.get(key, default)
+        if (isinstance(item, bool) and bool not in types) or not isinstance(item, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ConfigError(f"train.{key}", f"must be {names}, got {item!r}")
+        if allowed is not None and item not in allowed:
+            raise ConfigError(f"train.{key}", f"must be one of {', '.join(allowed)}, got {item!r}")
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and item < 0:
+            raise ConfigError(f"train.{key}", f"must not be negative, got {item!r}")
+        out[key] = item
+    for key in ("epochs", "batch_size"):
+        if out[key] < 1:
+            raise ConfigError(f"train.{key}", f"must be at least 1, got {out[key]}")
+    if not 0 <= out["warmup"] < 1:
+        raise ConfigError("train.warmup", f"is the warm-up share of all steps, in [0, 1); got {out['warmup']}")
+    return out
+
+
+def _data(value: Any) -> dict[str, Any]:
+    value = {} if value is None else _mapping(value, "data")
+    _check_keys(value, (*DATA_SPLITS, "augment"), "data")
+    for split in DATA_SPLITS:
+        if value.get(split) is not None:
+            value[split] = _component(value[split], split, prefix="data")
+    if value.get("augment") is not None:
+        _mapping(value["augment"], "data.augment")
+    return value
 
 
 def set_value(config: dict[str, Any], assignment: str) -> None:
@@ -130,8 +189,8 @@ def _mapping(value: Any, field: str) -> dict[str, Any]:
     return value
 
 
-def _component(value: Any, part: str) -> dict[str, Any]:
-    field = f"model.{part}"
+def _component(value: Any, part: str, prefix: str = "model") -> dict[str, Any]:
+    field = f"{prefix}.{part}"
     if isinstance(value, str):  # shorthand: `encoder: bilstm`
         value = {"name": value}
     value = _mapping(value, field)

@@ -82,10 +82,17 @@ def lstmdet_register_datasets(registry: Registrar) -> None:
     """Register dataset factories.
 
     Called once per plugin while the registry is built. Each factory is called as
-    ``factory(**options)`` and returns a ``torch.utils.data.Dataset`` whose items are
-    ``(image, target)`` pairs: ``image`` a ``(3, H, W)`` float tensor in ``[0, 1]`` (or a clip
-    ``(T, 3, H, W)``), ``target`` a dict with ``labels`` (and ``boxes`` ``(N, 4)`` xyxy pixels for
-    detection). It should expose ``classes`` (list of class names).
+    ``factory(**options)`` and returns a map-style ``torch.utils.data.Dataset`` with a ``classes``
+    attribute (list of class names, index = label) and a ``task`` attribute (``"classify"`` or
+    ``"detect"``). Items are ``(image, target)`` pairs in the form augmentation libraries take:
+
+    * ``image``: ``(H, W, 3)`` uint8 RGB ``numpy`` array; a clip is ``(T, H, W, 3)``.
+    * ``target`` for classification: ``{"label": int}``.
+    * ``target`` for detection: ``{"boxes": (N, 4) float32 xyxy pixels, "labels": (N,) int64}``,
+      optionally ``"file"`` (source path); for a clip, ``{"frames": [one such dict per frame]}``
+      and each frame dict may carry ``"track_ids"``.
+
+    The engine turns items into tensors after augmentation; datasets never normalise.
 
     Args:
         registry: Registrar bound to the calling plugin; call ``registry.add(name, factory)``.

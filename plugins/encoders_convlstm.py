@@ -17,12 +17,17 @@ How it is computed (the maths is exactly the one above):
   skipped at the first step when the sequence starts from the zero state (a convolution of zeros).
 * The time loop of a layer is one :class:`torch.autograd.Function` with a hand-written
   back-propagation through time: the forward pass writes the activated gates in place over the
-  pre-activations, and the backward pass writes the gradient of every gate pre-activation into one
-  ``(B*T, 4*hidden, H, W)`` buffer, from which a single batched convolution backward gives the
-  input, ``W_x`` and bias gradients. Per step it runs one convolution backward for ``W_h`` and
-  ``h_{t-1}``. It supports first derivatives only (no double backward).
+  pre-activations (no ``cat``, no ``split`` copies, no per-gate autograd nodes); the backward pass
+  computes the gradient of the four gate pre-activations of a step into one buffer and runs one
+  convolution backward for ``W_h`` and ``h_{t-1}`` per step. It supports first derivatives only
+  (no double backward).
+* The input convolution's backward (``x``, ``W_x``, bias) runs once over all ``B*T`` frames on
+  CUDA; on CPU it runs per step on the step's gate gradients while they are in cache, which avoids
+  a second ``(B*T, 4*hidden, H, W)`` buffer (measured faster on CPU: large fresh buffers cost page
+  faults there).
 * On CPU the feature maps are kept ``channels_last`` inside the layer (oneDNN's preferred layout);
-  the output is returned in PyTorch's default contiguous layout.
+  the output is returned in PyTorch's default contiguous layout. Buffers are time-major so that a
+  step's slice is contiguous.
 
 Layers are stacked: layer ``l > 0`` takes layer ``l - 1``'s output sequence; the encoder returns
 the last layer's ``h_t`` for every step and the state ``[(h_T, c_T) per layer]``.
@@ -83,7 +88,9 @@ class _ConvLSTMLayerFunction(torch.autograd.Function):
 
     Inputs: ``x`` (B, T, C, H, W), ``weight_x`` (4h, C, k, k), ``bias`` (4h,), ``weight_h``
     (4h, h, k, k), ``h0`` and ``c0`` (B, h, H, W) or ``None`` (zero state), ``channels_last``
-    (bool). Outputs: ``hs`` (B, T, h, H, W) and ``c_T`` (B, h, H, W).
+    (bool: layout of the internal buffers) and ``per_step_input_backward`` (bool: run the input
+    convolution's backward per step instead of once for all frames). Outputs: ``hs``
+    (B, T, h, H, W) and ``c_T`` (B, h, H, W).
     """
 
     @staticmethod
@@ -96,6 +103,7 @@ class _ConvLSTMLayerFunction(torch.autograd.Function):
         h0: Tensor | None,
         c0: Tensor | None,
         channels_last: bool,
+        per_step_input_backward: bool,
     ) -> tuple[Tensor, Tensor]:
         b, t_len, c_in, height, width = x.shape
         hid = weight_h.shape[1]
@@ -132,6 +140,7 @@ class _ConvLSTMLayerFunction(torch.autograd.Function):
         ctx.save_for_backward(xf, weight_x, w_h, gates, cs, hs, h0, c0)
         ctx.shape = (b, t_len, c_in, height, width)
         ctx.channels_last = channels_last
+        ctx.per_step_input_backward = per_step_input_backward
         return hs5.transpose(0, 1), cs5[-1].clone()
 
     @staticmethod
@@ -147,8 +156,21 @@ class _ConvLSTMLayerFunction(torch.autograd.Function):
         cs5 = cs.view(t_len, b, hid, height, width)
         hs5 = hs.view(t_len, b, hid, height, width)
         grad_hs = grad_hs.transpose(0, 1)
-        d_gates = torch.empty_like(gates)
-        dz5 = d_gates.view(t_len, b, 4 * hid, height, width)
+        # Gradients of the gate pre-activations: on CPU one (B, 4h, H, W) buffer reused by every
+        # step, with the input convolution's backward run per step while it is in cache; elsewhere
+        # one (T*B, 4h, H, W) buffer and a single batched input-convolution backward at the end.
+        per_step = ctx.per_step_input_backward
+        if per_step:
+            dz_step = torch.empty(
+                (b, 4 * hid, height, width), dtype=gates.dtype, device=gates.device, memory_format=fmt
+            )
+            xf5 = xf.view(t_len, b, c_in, height, width)
+            d_wx = torch.zeros_like(weight_x) if need_wx else None
+            d_b = torch.zeros(4 * hid, dtype=gates.dtype, device=gates.device) if need_b else None
+            dx_steps: list[Tensor] = []
+        else:
+            d_gates = torch.empty_like(gates)
+            dz_all = d_gates.view(t_len, b, 4 * hid, height, width)
         d_wh = torch.zeros_like(w_h) if need_wh else None
         dc = grad_c_last.contiguous(memory_format=fmt).clone()
         one = torch.ones_like(dc)
@@ -156,7 +178,8 @@ class _ConvLSTMLayerFunction(torch.autograd.Function):
         h0_f = None if h0 is None else h0.contiguous(memory_format=fmt)
         for t in reversed(range(t_len)):
             i, f, o, g = acts[t].split(hid, dim=1)
-            di, df, do, dg = dz5[t].split(hid, dim=1)
+            dz = dz_step if per_step else dz_all[t]
+            di, df, do, dg = dz.split(hid, dim=1)
             dh = grad_hs[t] if dh_rec is None else dh_rec.add_(grad_hs[t])
             c_prev = cs5[t - 1] if t > 0 else c0
             h_prev = hs5[t - 1] if t > 0 else h0_f
@@ -171,22 +194,33 @@ class _ConvLSTMLayerFunction(torch.autograd.Function):
                 torch.mul(dc, c_prev, out=df)
             torch.mul(dc, i, out=dg)
             s = acts[t, :, : 3 * hid]
-            dz5[t, :, : 3 * hid].mul_(torch.addcmul(s, s, s, value=-1))  # sigmoid' = s - s^2
+            dz[:, : 3 * hid].mul_(torch.addcmul(s, s, s, value=-1))  # sigmoid' = s - s^2
             dg.mul_(torch.addcmul(one, g, g, value=-1))  # tanh' = 1 - g^2
             dc.mul_(f)  # now dL/dc_{t-1}
+            if per_step and (need_x or need_wx or need_b):
+                gx, gw, gb = _conv_backward(dz, xf5[t], weight_x, True, pad, [need_x, need_wx, need_b])
+                if need_x:
+                    dx_steps.append(gx)
+                if need_wx:
+                    d_wx.add_(gw)
+                if need_b:
+                    d_b.add_(gb)
             if h_prev is None:
                 dh_rec = None
             else:
                 need_in = t > 0 or need_h0
-                dh_rec, d_w, _ = _conv_backward(dz5[t], h_prev, w_h, False, pad, [need_in, need_wh, False])
+                dh_rec, d_w, _ = _conv_backward(dz, h_prev, w_h, False, pad, [need_in, need_wh, False])
                 if d_w is not None:
                     d_wh.add_(d_w)
-        dx, d_wx, d_b = _conv_backward(d_gates, xf, weight_x, True, pad, [need_x, need_wx, need_b])
-        if dx is not None:
-            dx = dx.view(t_len, b, c_in, height, width).transpose(0, 1)
+        if per_step:
+            dx = torch.stack(dx_steps[::-1], dim=1) if need_x else None
+        else:
+            dx, d_wx, d_b = _conv_backward(d_gates, xf, weight_x, True, pad, [need_x, need_wx, need_b])
+            if dx is not None:
+                dx = dx.view(t_len, b, c_in, height, width).transpose(0, 1)
         dh0 = dh_rec if need_h0 else None
         dc0 = dc if need_c0 else None
-        return dx, d_wx, d_b, d_wh, dh0, dc0, None
+        return dx, d_wx, d_b, d_wh, dh0, dc0, None, None
 
 
 class ConvLSTMLayer(nn.Module):
@@ -214,6 +248,9 @@ class ConvLSTMLayer(nn.Module):
         self.weight_h = nn.Parameter(torch.empty(4 * hidden, hidden, k, k))
         self.reset_parameters()
 
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, hidden={self.hidden}, kernel_size={self.kernel_size}"
+
     def reset_parameters(self) -> None:
         """Initialise like one ``nn.Conv2d(in_channels + hidden, 4*hidden, k)`` (PyTorch's default)."""
         bound = 1.0 / math.sqrt((self.in_channels + self.hidden) * self.kernel_size**2)
@@ -236,9 +273,9 @@ class ConvLSTMLayer(nn.Module):
             raise ValueError("convlstm state: give both h and c for a layer, or neither")
         dtype = x.dtype
         params = [p.to(dtype) for p in (self.weight_x, self.bias, self.weight_h)]
-        channels_last = x.device.type == "cpu"
+        on_cpu = x.device.type == "cpu"
         with torch.autocast(x.device.type, enabled=False):
-            hs, c_last = _ConvLSTMLayerFunction.apply(x, *params, h0, c0, channels_last)
+            hs, c_last = _ConvLSTMLayerFunction.apply(x, *params, h0, c0, on_cpu, on_cpu)
         return hs, c_last
 
 
@@ -301,7 +338,7 @@ class ConvLSTMEncoder(nn.Module):
         for n, layer in enumerate(self.layers):
             h0, c0 = (None, None) if state is None else state[n]
             y, c_last = layer(y, h0, c0)
-            new_state.append((y[:, -1], c_last))
+            new_state.append((y[:, -1].clone(), c_last))  # a copy: a view would pin all T steps
         return y.contiguous(), new_state
 
     def _check_input(self, x: Tensor, state: ConvLSTMState | None) -> None:

@@ -103,7 +103,7 @@ def test_whole_clip_matches_frame_by_frame_convolutions(with_state: bool) -> Non
         y, new_state = enc(x, state)
         y_ref, ref_state = _plain_convlstm(enc, x, state)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
-    for (h, c), (h_ref, c_ref) in zip(new_state, ref_state):
+    for (h, c), (h_ref, c_ref) in zip(new_state, ref_state, strict=True):
         torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(c, c_ref, atol=1e-5, rtol=1e-5)
 
@@ -121,7 +121,7 @@ def test_streaming_with_state_equals_whole_clip(pieces: list[int]) -> None:
             outs.append(y)
             start += n
     torch.testing.assert_close(torch.cat(outs, dim=1), whole, atol=1e-5, rtol=1e-5)
-    for (h, c), (hw, cw) in zip(state, whole_state):
+    for (h, c), (hw, cw) in zip(state, whole_state, strict=True):
         torch.testing.assert_close(h, hw, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(c, cw, atol=1e-5, rtol=1e-5)
 
@@ -139,7 +139,7 @@ def test_gradients_flow_and_match_autograd_of_the_equations() -> None:
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
     y_ref, ref_state = _plain_convlstm(enc, x, state)
     loss_ref = (y_ref * w).sum() + ref_state[0][1].square().sum() + ref_state[1][0].sum()
-    for g, g_ref in zip(grads, torch.autograd.grad(loss_ref, leaves)):
+    for g, g_ref in zip(grads, torch.autograd.grad(loss_ref, leaves), strict=True):
         torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
     # And through .backward() into .grad of the parameters.
     enc.zero_grad()
@@ -147,9 +147,10 @@ def test_gradients_flow_and_match_autograd_of_the_equations() -> None:
     assert all(p.grad is not None for p in enc.parameters())
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("channels_last", "per_step"), [(False, False), (True, True), (True, False)])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_layer_function_gradcheck(channels_last: bool, with_state: bool) -> None:
+def test_layer_function_gradcheck(channels_last: bool, per_step: bool, with_state: bool) -> None:
+    # (True, True) is the CPU path, (False, False) the CUDA one; all are checked here on CPU.
     torch.manual_seed(0)
     d = torch.float64
     x = torch.randn(2, 3, 2, 3, 4, dtype=d, requires_grad=True)
@@ -160,7 +161,7 @@ def test_layer_function_gradcheck(channels_last: bool, with_state: bool) -> None
     c0 = torch.randn(2, 2, 3, 4, dtype=d, requires_grad=True) if with_state else None
 
     def fn(*args: Tensor) -> tuple[Tensor, Tensor]:
-        return _ConvLSTMLayerFunction.apply(*args, channels_last)
+        return _ConvLSTMLayerFunction.apply(*args, channels_last, per_step)
 
     assert torch.autograd.gradcheck(fn, (x, wx, b, wh, h0, c0), fast_mode=True)
 
@@ -238,5 +239,5 @@ def test_cuda_matches_cpu_including_gradients() -> None:
     yc.sum().backward()
     assert yc.device.type == "cuda" and state[0][0].device.type == "cuda"
     torch.testing.assert_close(yc.cpu(), y, atol=1e-4, rtol=1e-4)
-    for p, g in zip(enc.parameters(), grads):
+    for p, g in zip(enc.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad.cpu(), g, atol=1e-3, rtol=1e-3)

@@ -53,7 +53,7 @@ def train_and_score(model, mnist, *, train_count: int, steps: int, lr: float, ba
 def test_encoder_with_classifier_learns_digits(encoder, mnist):
     torch.manual_seed(0)
     model = lstmdet.create_model(classify_config(ENCODERS[encoder]))
-    accuracy = train_and_score(model, mnist, train_count=3000, steps=150, lr=3e-3)
+    accuracy = train_and_score(model, mnist, train_count=3000, steps=400, lr=3e-3)
     assert accuracy >= 0.90, f"{encoder}: {accuracy:.3f}"
 
 

@@ -1,0 +1,1 @@
+"""Training, evaluation and detection: the same code runs in-process (CLI, Python) and in workers."""
