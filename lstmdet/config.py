@@ -230,7 +230,7 @@ def _input(value: Any, task: str) -> dict[str, Any]:
         ok = isinstance(size, list) and len(size) == 2 and all(_positive_int(s) for s in size)
         if not ok:
             raise ConfigError("model.input.size", f"must be an integer or [height, width], got {size!r}")
-        if "max_size" in value:
+        if value.get("max_size") is not None:
             raise ConfigError("model.input.max_size", "applies to detection only; classify resizes to size")
         max_size = None
     else:

@@ -33,6 +33,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "encoders_convlstm",
     "heads_classifier",
     "heads_detection",
+    "datasets_classification",
+    "datasets_detection",
+    "datasets_digits",
 )
 
 

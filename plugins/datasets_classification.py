@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -23,17 +23,12 @@ from lstmdet import hookimpl
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, SkipsUnreadable, find_images, read_image
 from lstmdet.data.mnist import default_mnist_root, mnist10k_split
 from lstmdet.errors import LstmdetError
+from lstmdet.plugins.datasets_digits import int_option
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
 
 MNIST_SPLITS = ("train", "val", "test", "trainval")
-
-
-def _positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
-    return value
 
 
 class MnistIdx(Dataset):
@@ -59,11 +54,15 @@ class MnistIdx(Dataset):
     task = "classify"
 
     def __init__(
-        self, root: str | os.PathLike | None = None, split: str = "train", val_count: int = 1000, images: int | None = None
+        self,
+        root: str | os.PathLike | None = None,
+        split: str = "train",
+        val_count: int = 1000,
+        images: int | None = None,
     ) -> None:
         if split not in MNIST_SPLITS:
             raise ValueError(f"mnist_idx split must be one of {', '.join(MNIST_SPLITS)}, got {split!r}")
-        val_count = _positive_int(val_count, "mnist_idx val_count", allow_zero=True)
+        val_count = int_option(val_count, "mnist_idx val_count", minimum=0)
         protocol = mnist10k_split(default_mnist_root() if root is None else Path(root))
         digits, labels = (t.numpy() for t in protocol["test" if split == "test" else "train"])
         if val_count >= len(digits) and split in ("train", "val"):
@@ -73,7 +72,7 @@ class MnistIdx(Dataset):
         elif split == "val":
             digits, labels = digits[len(digits) - val_count :], labels[len(labels) - val_count :]
         if images is not None:
-            images = _positive_int(images, "mnist_idx images")
+            images = int_option(images, "mnist_idx images")
             if images > len(digits):
                 raise ValueError(f"mnist_idx images={images} but split {split!r} has only {len(digits)} digits")
             digits, labels = digits[:images], labels[:images]

@@ -82,3 +82,10 @@ def test_set_value_parses_yaml_and_creates_sections():
         set_value(config, "no-equals-sign")
     with pytest.raises(ConfigError, match=r"train\.epochs: holds a value of type int"):
         set_value(config, "train.epochs.x=1")
+
+
+@pytest.mark.parametrize("make", [lambda: classify_config({"name": "lstm"}), lambda: detect_config({"name": "bilstm"})])
+def test_validation_is_idempotent(make):
+    """Checkpoints store validated configs, which are validated again when loaded."""
+    once = load_config(make())
+    assert load_config(once) == once

@@ -1,0 +1,110 @@
+"""Datasets from a config, augmentation, and reproducible data loaders.
+
+Reproducibility does not depend on how many epochs ran in this process: the order of an epoch
+is drawn from a generator seeded with ``(seed, epoch)``, and each item's augmentation is seeded
+with ``(seed, epoch, index)``, whichever loader worker handles it. Training 4 epochs straight
+and training 2, stopping and resuming 2 therefore see exactly the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lstmdet.data.augment import build_augment, collate, to_tensors
+from lstmdet.errors import ConfigError
+from lstmdet.manager import current_registry
+
+
+def build_dataset(spec: dict[str, Any], field: str) -> Dataset:
+    """Create the registered dataset a ``data.<split>`` section names.
+
+    Raises:
+        ConfigError: Unknown dataset or a bad option; the message names ``field``.
+    """
+    options = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        return current_registry().create("datasets", spec["name"], **options)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(field, str(exc).strip("'\"")) from None
+
+
+def _item_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` pairs: a shuffled (or ordered) pass seeded by ``(seed, epoch)``.
+
+    Args:
+        size: Number of items in the dataset.
+        shuffle: Draw a permutation; otherwise indices in order.
+        seed: Base seed of the run.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int) -> None:
+        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_item_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        return ((self.epoch, i) for i in order)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class AugmentedDataset(Dataset):
+    """Applies a split's augmentation to a dataset and converts items to model tensors.
+
+    Indexed by ``(epoch, index)`` pairs from :class:`EpochSampler` (or a plain index, epoch 0).
+
+    Args:
+        dataset: A registered dataset (numpy items, see ``lstmdet.hookspecs``).
+        task: ``"classify"`` or ``"detect"``.
+        split: ``"train"`` (random augmentation) or ``"eval"``.
+        augment: The config's ``data.augment`` section, or ``None`` for the presets.
+        seed: Base seed of the run.
+    """
+
+    def __init__(self, dataset: Dataset, *, task: str, split: str, augment: dict | None, seed: int) -> None:
+        self.dataset, self.task, self.seed = dataset, task, seed
+        self.augment = build_augment(task, split, augment)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image, target = self.dataset[index]
+        self.augment.set_seed(_item_seed(self.seed, epoch, index))
+        image, target = self.augment(image, target)
+        return to_tensors(image, target, self.task)
+
+
+def build_loader(
+    dataset: AugmentedDataset, *, batch_size: int, shuffle: bool, workers: int, seed: int, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader over ``(epoch, index)`` keys; call ``loader.sampler.set_epoch(e)`` each epoch."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        # A private generator: creating an iterator does not consume the global RNG.
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,91 @@
+"""Evaluation of a model on a dataset: accuracy and confusion for classification, COCO mAP for detection.
+
+Used at the end of every training epoch (validation split), for the final ``summary.json``
+(test split) and by ``lstmdet eval``. Video datasets are scored over all their frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader
+from lstmdet.engine.metrics import classification_metrics, coco_detection_metrics
+from lstmdet.errors import LstmdetError
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, dataset: AugmentedDataset, *, batch_size: int = 16, workers: int = 0) -> dict[str, Any]:
+    """Score ``model`` on every item of ``dataset`` (an eval-split :class:`AugmentedDataset`).
+
+    Returns:
+        Classification: ``accuracy``, ``precision`` / ``recall`` per class, ``confusion``.
+        Detection: ``map`` (AP@[.5:.95]), ``map_50``, ``map_75``, ``per_class_ap``, ``images``.
+    """
+    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers, seed=0)
+    was_training = model.training
+    model.eval()
+    truths: list[Any] = []
+    predictions: list[dict[str, torch.Tensor]] = []
+    for images, targets in loader:
+        outputs = model.predict(images)
+        if outputs and isinstance(outputs[0], list):  # clips: one list of frames per clip
+            outputs = [frame for clip in outputs for frame in clip]
+        frames = [f for item in images for f in (item if item.dim() == 4 else [item])]
+        predictions.extend(outputs)
+        for frame, target in zip(frames, targets, strict=True):
+            truths.append({**target, "height": frame.shape[-2], "width": frame.shape[-1]})
+    model.train(was_training)
+    if not truths:
+        raise LstmdetError("the evaluation dataset is empty")
+    if model.task == "classify":
+        y_true = [int(t["labels"]) for t in truths]
+        y_pred = [int(p["labels"]) for p in predictions]
+        return classification_metrics(y_true, y_pred, len(model.classes), model.classes)
+    gt = [
+        {"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy(), "width": t["width"], "height": t["height"]}
+        for t in truths
+    ]
+    preds = [{k: v.numpy() for k, v in p.items()} for p in predictions]
+    return coco_detection_metrics(gt, preds, model.classes)
+
+
+def headline(metrics: dict[str, Any], task: str) -> float:
+    """The number that decides ``best.pt``: accuracy (classify) or mAP@[.5:.95] (detect)."""
+    return float(metrics["accuracy"] if task == "classify" else metrics["map"])
+
+
+def evaluate_checkpoint(
+    weights: str | Path,
+    *,
+    data: dict[str, Any] | None = None,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """``lstmdet eval``: load a checkpoint and score it on a dataset.
+
+    Args:
+        weights: Checkpoint path.
+        data: A dataset spec ``{name: ..., **options}``; default: the checkpoint config's
+            ``data.test``, else ``data.val``.
+        batch_size: Images (clips) per batch.
+        workers: DataLoader worker processes.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+    """
+    from lstmdet.checkpoint import load_model
+    from lstmdet.engine.train import resolve_device
+
+    model = load_model(weights, map_location=resolve_device(device))
+    config = model.config
+    if data is None:
+        data = config["data"].get("test") or config["data"].get("val")
+        if data is None:
+            raise LstmdetError(f"{weights} has no data.test or data.val in its config: pass --data")
+    dataset = AugmentedDataset(
+        build_dataset(data, "data"), task=model.task, split="eval", augment=config["data"].get("augment"), seed=0
+    )
+    return evaluate(model, dataset, batch_size=batch_size, workers=workers)
