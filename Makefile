@@ -25,8 +25,10 @@ bench: install
 	$(PY) benchmarks/encoders.py --json benchmarks/encoders.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info demo
 
 demo: install
-	$(VENV)/bin/lstmdet plugins
-	$(VENV)/bin/lstmdet model examples/models/digits_det_bilstm.yaml
+	rm -rf demo
+	$(VENV)/bin/lstmdet data digits-det demo/scenes --images 24 --seed 5 --split test
+	$(VENV)/bin/lstmdet detect demo/scenes/images --out demo/detections --save-images
+	@echo "annotated images: demo/detections/images/  COCO files: demo/detections/{images,coco_results}.json"

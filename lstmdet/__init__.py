@@ -4,7 +4,8 @@ Public plugin API (stable)::
 
     from lstmdet import hookimpl, FeatureInfo
 
-Python API: :func:`components`, :func:`create_component`, :func:`create_model`, :func:`load`, :func:`train`.
+Python API: :func:`components`, :func:`create_component`, :func:`create_model`, :func:`load`, :func:`train`,
+:func:`detect`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "components",
     "create_component",
     "create_model",
+    "detect",
     "hookimpl",
     "load",
     "train",
@@ -114,3 +116,22 @@ def train(
     from lstmdet.engine.train import train as _train
 
     return _train(config, out, overrides=overrides, resume=resume)
+
+
+def detect(src: str | Path, out: str | Path, weights: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Detect objects in every image of a folder (or in one image file), writing the results to ``out``.
+
+    Args:
+        src: Image file or folder (searched recursively).
+        out: Output folder: ``detections.jsonl``, ``images.json``, ``coco_results.json``, ``summary.json``.
+        weights: Checkpoint file; ``None``: the default model shipped with lstmdet (or ``model=``).
+        **options: ``model``, ``batch_size``, ``workers``, ``score_thresh``, ``nms_thresh``,
+            ``max_detections``, ``device``, ``half``, ``save_images``, ``resume``, ``sequence``,
+            ``max_pixels``, ``progress`` (see :func:`lstmdet.engine.detect.detect`).
+
+    Returns:
+        The ``summary.json`` dict: ``images``, ``ok``, ``failed``, ``seconds``, ``images_per_s``, ...
+    """
+    from lstmdet.engine.detect import detect as _detect
+
+    return _detect(src, out, weights, **options)

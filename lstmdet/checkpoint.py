@@ -67,6 +67,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, *, train_state: di
             save_file(state_dict, tmp, metadata={"lstmdet": json.dumps(header)})
         else:
             torch.save({**header, "state_dict": state_dict, "train_state": train_state}, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is shared like any file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

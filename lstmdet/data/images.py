@@ -68,9 +68,13 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def find_images(root: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
     """Image files under ``root`` (by extension), sorted by path; hidden files and folders skipped.
 
+    Symbolic links to folders are followed, but every real folder is searched once: a link that
+    loops back to a folder above it, or a second link to a folder already searched, adds nothing
+    (the walk is in sorted order, so which path a folder is listed under is deterministic).
+
     Args:
         root: Folder to search.
-        recursive: Also search sub-folders (symbolic links are followed).
+        recursive: Also search sub-folders.
 
     Raises:
         LstmdetError: ``root`` is not a folder.
@@ -79,7 +83,17 @@ def find_images(root: str | os.PathLike, *, recursive: bool = True) -> list[Path
     if not root.is_dir():
         raise LstmdetError(f"image folder {root} does not exist or is not a folder")
     found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            stat = os.stat(dirpath)
+        except OSError:  # vanished or unreadable while walking
+            dirnames[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in visited:  # a symlink loop or a folder reached twice
+            dirnames[:] = []
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
         if not recursive:
@@ -171,8 +185,38 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         ImageReadError: The file is missing, empty, truncated, not a supported image, larger than
             ``max_pixels`` or of an unsupported mode.
     """
+    return read_image_sized(path, max_pixels=max_pixels)[0]
+
+
+def read_image_sized(
+    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, fit: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`, optionally decoding a JPEG at reduced scale, plus the full displayed size.
+
+    Args:
+        path: Image file.
+        max_pixels: Largest ``width * height`` accepted, checked on the header before decoding.
+        fit: ``(size, max_size)`` of a model that resizes the shorter side to ``size`` with the longer
+            side capped at ``max_size``. A JPEG is then decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+            DCT scaling, several times faster than a full decode) as long as it stays at least as
+            large as the model will make it. ``None`` decodes at full resolution.
+
+    Returns:
+        ``((H', W', 3) uint8 RGB array, (H, W))``: the decoded image and the displayed size at full
+        resolution (EXIF orientation applied), which coordinates should be reported in.
+
+    Raises:
+        ImageReadError: As :func:`read_image`.
+    """
     path = Path(path)
     with _open(path, max_pixels) as image:
+        width, height = image.size
+        if fit is not None and image.format in ("JPEG", "MPO"):
+            short, long = min(width, height), max(width, height)
+            needed = min(fit[0], fit[1] * short / long)  # the shorter side after the model's resize
+            scale = max(s for s in (1, 2, 4, 8) if s == 1 or short / s >= needed)
+            if scale > 1:
+                image.draft(None, (-(-width // scale), -(-height // scale)))
         try:
             image.load()
         except Exception as exc:  # truncated or corrupt pixel data
@@ -181,8 +225,11 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         orientation = _orientation(image)
         if orientation != 1:
             with contextlib.suppress(Exception):  # corrupt EXIF: keep the stored orientation
-                image = ImageOps.exif_transpose(image)
-        return _to_rgb(image, path)
+                transposed = ImageOps.exif_transpose(image)
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                image = transposed
+        return _to_rgb(image, path), (height, width)
 
 
 def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:

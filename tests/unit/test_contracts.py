@@ -8,18 +8,23 @@ checked as soon as it is registered: forward, backward, shapes and strides again
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.models.detection.image_list import ImageList
 
 from lstmdet import FeatureInfo
+from lstmdet.data.coco import yolo_to_coco
 from lstmdet.manager import current_registry
 
 REGISTRY = current_registry()
 # Options that make a component fit the small test inputs (everything else uses its defaults).
 BACKBONE_OPTIONS = {"rows": {"width": 48}}
 SIZE = (40, 48)  # H, W: not a power of two, so ceil(H / stride) is exercised
+COCO128 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco128-val"
 
 
 def _grads_flow(module: torch.nn.Module) -> None:
@@ -112,3 +117,49 @@ def test_head_contract(name):
             assert pred["scores"].shape == pred["labels"].shape == (len(boxes),)
             assert (boxes[:, 2] <= size[1]).all() and (boxes[:, 3] <= size[0]).all()
             assert pred["labels"].dtype == torch.int64
+
+
+def _dataset_options(name: str, tmp_path: Path) -> dict:
+    """Small options for the built-in datasets that need files; others use their defaults."""
+    if name == "image_folder":
+        for cls, value in (("cat", 40), ("dog", 200)):
+            (tmp_path / cls).mkdir()
+            Image.fromarray(np.full((12, 10, 3), value, np.uint8)).save(tmp_path / cls / "a.png")
+        return {"root": str(tmp_path)}
+    if name == "coco":
+        yolo_to_coco(COCO128, tmp_path / "coco.json")
+        return {"annotations": str(tmp_path / "coco.json"), "images": str(COCO128 / "images")}
+    return {
+        "mnist_idx": {"images": 8},
+        "yolo": {"root": str(COCO128)},
+        "digits_det": {"images": 3, "size": 64},
+        "digits_video": {"clips": 2, "frames": 3, "size": 64},
+    }.get(name, {})
+
+
+def _check_detection_target(target: dict, height: int, width: int, num_classes: int) -> None:
+    boxes, labels = target["boxes"], target["labels"]
+    assert boxes.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4
+    assert labels.dtype == np.int64 and labels.shape == (len(boxes),)
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= width).all() and (boxes[:, [1, 3]] <= height).all()
+    assert ((labels >= 0) & (labels < num_classes)).all()
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("datasets"))
+def test_dataset_contract(name, tmp_path):
+    dataset = REGISTRY.create("datasets", name, **_dataset_options(name, tmp_path))
+    assert dataset.task in ("classify", "detect")
+    assert dataset.classes and all(isinstance(c, str) for c in dataset.classes)
+    assert len(dataset) > 0
+    for index in range(min(len(dataset), 3)):
+        image, target = dataset[index]
+        assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[-1] == 3
+        if dataset.task == "classify":
+            assert image.ndim == 3 and 0 <= target["label"] < len(dataset.classes)
+        elif image.ndim == 4:  # a clip: one target per frame
+            assert len(target["frames"]) == image.shape[0]
+            for frame in target["frames"]:
+                _check_detection_target(frame, *image.shape[1:3], len(dataset.classes))
+        else:
+            _check_detection_target(target, *image.shape[:2], len(dataset.classes))

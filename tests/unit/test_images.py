@@ -171,3 +171,24 @@ def test_image_extensions(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["a.jpg", "b.PNG", "sub/c.jpeg"]
     assert len(find_images(tmp_path, recursive=False)) == 2
+
+
+def test_reduced_scale_jpeg_decode_reports_the_full_size(tmp_path):
+    """A 640x480 JPEG for a model that makes it 128x96 decodes at 1/4 scale; PNGs never shrink."""
+    from PIL import Image
+
+    from lstmdet.data.images import read_image_sized
+
+    pixels = np.zeros((480, 640, 3), np.uint8)
+    pixels[100:300, 200:500] = 255
+    Image.fromarray(pixels).save(tmp_path / "a.jpg", quality=95)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    small, size = read_image_sized(tmp_path / "a.jpg", fit=(128, 128))
+    assert size == (480, 640) and small.shape == (120, 160, 3)
+    assert small[25:75, 50:125].mean() > 240 and small[:20].mean() < 15  # the square, at 1/4 scale
+    full, size = read_image_sized(tmp_path / "a.jpg")
+    assert full.shape == (480, 640, 3) and size == (480, 640)
+    png, size = read_image_sized(tmp_path / "a.png", fit=(128, 128))
+    assert png.shape == (480, 640, 3) and size == (480, 640)
+    big_model, _ = read_image_sized(tmp_path / "a.jpg", fit=(480, 800))
+    assert big_model.shape == (480, 640, 3)

@@ -1,0 +1,127 @@
+"""Batch-detection speed and memory, and the inference cost of the BiLSTM encoder.
+
+Usage::
+
+    python benchmarks/detect.py [--weights CKPT] [--json FILE]
+
+1. Throughput on the 128 photos of ``../shared/data/coco128-val``: ``lstmdet.detect`` (DataLoader
+   workers decode while the model runs, batches) against a naive loop (PIL open -> tensor ->
+   ``model.predict([image])`` per file) with the same model. Target: >= 1.5x on 2 CPU cores.
+2. Peak memory (max RSS of a ``lstmdet detect`` subprocess) on 5,000 vs 500 images. Target: <= +10%.
+3. Inference time of ``configs/digits_det_bilstm.yaml`` against ``configs/digits_det_identity.yaml``
+   (same backbone and head) on batches of 128x128 scenes. Target: <= 1.25x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+import lstmdet
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO128 = ROOT.parent / "shared" / "data" / "coco128-val" / "images"
+
+
+def naive_loop(model: torch.nn.Module, files: list[Path]) -> float:
+    """Images per second of the simplest correct loop a user would write."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for path in files:
+            image = pil_to_tensor(Image.open(path).convert("RGB")).float() / 255.0
+            model.predict([image])
+    return len(files) / (time.perf_counter() - start)
+
+
+def lstmdet_detect(weights: str | None, src: Path, out: Path) -> tuple[float, float]:
+    """``lstmdet.detect`` (batches of 8, 2 loader workers): images/s over the whole call (model
+    loading and worker start-up included), and the figure it reports for its processing loop."""
+    start = time.perf_counter()
+    summary = lstmdet.detect(src, out, weights, batch_size=8, workers=2, progress=False)
+    return summary["images"] / (time.perf_counter() - start), summary["images_per_s"]
+
+
+def peak_rss_mb(weights: str | None, count: int, work: Path) -> float:
+    """Max RSS (MB) of a ``lstmdet detect`` subprocess over ``count`` generated 160x120 images."""
+    src = work / f"imgs{count}"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    base = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(10)]
+    for i in range(count):
+        Image.fromarray(base[i % 10]).save(src / f"{i:05d}.png", compress_level=1)
+    command = [str(Path(sys.executable).with_name("lstmdet")), "detect", str(src), "--out", str(work / f"out{count}"),
+               "--batch-size", "8", "--workers", "2"] + (["--weights", weights] if weights else [])  # fmt: skip
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
+
+
+def encoder_cost(repeats: int = 7) -> dict[str, float]:
+    """Median ms per batch of 16 scenes (128x128) for the identity and bilstm digit detectors."""
+    torch.manual_seed(0)
+    images = [torch.rand(3, 128, 128) for _ in range(16)]
+    times = {}
+    for name in ("digits_det_identity", "digits_det_bilstm"):
+        model = lstmdet.create_model(ROOT / "configs" / f"{name}.yaml").eval()
+        model.head.score_thresh = 0.5  # random weights: keep post-processing comparable and small
+        model.predict(images)
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.predict(images)
+            runs.append((time.perf_counter() - start) * 1000)
+        times[name] = statistics.median(runs)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="checkpoint (default: the shipped default model)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    files = sorted(COCO128.glob("*.jpg"))
+    model = lstmdet.load(args.weights)
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        naive_loop(model, files[:8])  # warm-up
+        results["naive_images_per_s"] = naive_loop(model, files)
+        results["detect_images_per_s"], results["detect_loop_images_per_s"] = lstmdet_detect(
+            args.weights, COCO128, work / "detect"
+        )
+        results["speedup"] = results["detect_images_per_s"] / results["naive_images_per_s"]
+        print(f"coco128 ({len(files)} photos): naive {results['naive_images_per_s']:.1f} img/s, lstmdet.detect "
+              f"{results['detect_images_per_s']:.1f} img/s -> {results['speedup']:.2f}x (target >= 1.5x)")  # fmt: skip
+        results["rss_500_mb"] = peak_rss_mb(args.weights, 500, work)
+        results["rss_5000_mb"] = peak_rss_mb(args.weights, 5000, work)
+        growth = results["rss_5000_mb"] / results["rss_500_mb"] - 1
+        results["rss_growth"] = growth
+        print(f"peak RSS: 500 images {results['rss_500_mb']:.0f} MB, 5000 images {results['rss_5000_mb']:.0f} MB "
+              f"-> {growth:+.1%} (target <= +10%)")  # fmt: skip
+    cost = encoder_cost()
+    results.update({f"{k}_ms": v for k, v in cost.items()})
+    results["bilstm_over_identity"] = cost["digits_det_bilstm"] / cost["digits_det_identity"]
+    ratio = results["bilstm_over_identity"]
+    print(f"inference, 16 scenes 128x128: identity {cost['digits_det_identity']:.1f} ms, bilstm "
+          f"{cost['digits_det_bilstm']:.1f} ms -> {ratio:.2f}x (target <= 1.25x)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

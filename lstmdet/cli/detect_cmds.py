@@ -1,0 +1,79 @@
+"""``lstmdet detect``: batch detection of an image folder (or one image)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_STATUS = """\
+exit status:
+  0  every file was processed
+  1  some files could not be read; each has an {"file", "error"} line in detections.jsonl
+  2  usage error: SRC missing or without images, bad checkpoint, bad option, --out already used
+     (without --resume), or --resume with options that differ from the first run's
+"""
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``detect`` sub-command."""
+    from lstmdet.data.images import DEFAULT_MAX_PIXELS
+
+    p = subparsers.add_parser(
+        "detect",
+        help="detect objects in a folder of images",
+        description="Run a detection checkpoint on every image under SRC (searched recursively) or on one image\n"
+        "file. Writes to --out: detections.jsonl (one line per file, written as it goes), images.json and\n"
+        "coco_results.json (COCO images and results, for pycocotools' loadRes), summary.json, options.json.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", metavar="SRC", help="image file, or folder searched recursively")
+    p.add_argument("--weights", metavar="CKPT", help="checkpoint file (default: the model shipped with lstmdet)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="image-decoding processes (default 2)")
+    p.add_argument("--conf", type=float, metavar="F", help="minimum score kept (default: the head's)")
+    p.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold (default: the head's)")
+    p.add_argument("--max-det", type=int, metavar="N", help="detections kept per image (default: the head's)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--half", action="store_true", help="float16 mixed precision (CUDA only; ignored on CPU)")
+    p.add_argument("--save-images", action="store_true", help="also write annotated copies under DIR/images/")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted run in DIR: keep its lines, process the other files",
+    )  # fmt: skip
+    p.add_argument(
+        "--sequence", action="store_true",
+        help="video mode: each sub-folder of SRC holds the frames of one video (sorted by name); stateful models "
+        "carry their state from frame to frame",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+        help=f"largest width*height read; larger files are refused unread (default {DEFAULT_MAX_PIXELS})",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_detect)
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    """Detect, print where the outputs are and a one-line summary; 1 when some files failed."""
+    from lstmdet.engine.detect import detect
+    from lstmdet.engine.writers import ANNOTATED, DETECTIONS
+
+    summary = detect(
+        args.src, args.out, args.weights, batch_size=args.batch_size, workers=args.workers,
+        score_thresh=args.conf, nms_thresh=args.iou, max_detections=args.max_det, device=args.device,
+        half=args.half, save_images=args.save_images, resume=args.resume, sequence=args.sequence,
+        max_pixels=args.max_pixels, progress=not args.quiet,
+    )  # fmt: skip
+    files = "detections.jsonl, images.json, coco_results.json, summary.json"
+    print(f"outputs in {args.out}: {files}" + (f", {ANNOTATED}/" if args.save_images else ""))
+    resumed = f", {summary['resumed']} kept from the earlier run" if summary["resumed"] else ""
+    print(
+        f"files: {summary['images']} ({summary['ok']} ok, {summary['failed']} unreadable), {summary['detections']} "
+        f"detections in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s{resumed})"
+    )
+    if summary["failed"]:
+        print(f"{summary['failed']} files could not be read; see their error lines in {DETECTIONS}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,168 @@
+"""The input side of batch detection: which files, in which order, decoded how, in which batches.
+
+* :func:`list_inputs` lists SRC (a folder searched recursively, or one file) in a fixed order; in
+  sequence mode it groups the frames by video folder.
+* :class:`ImageFiles` is the loader's dataset: each item is decoded with
+  :func:`~lstmdet.data.images.read_image` (pixel limit checked on the header, EXIF applied, any
+  mode to RGB), or is the reason it could not be.
+* :class:`Plan` yields the loader's batches: fixed slices of the input order, so an image always
+  shares its batch (and its padding) with the same images, which keeps a resumed run identical to
+  an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lstmdet.data.images import IMAGE_EXTENSIONS, ImageReadError, find_images, read_image_sized
+from lstmdet.errors import LstmdetError
+
+
+@dataclass
+class Inputs:
+    """The files of one run, in input order (names only: a few dozen bytes per file).
+
+    Attributes:
+        root: The folder the names are relative to (SRC, or the folder of a single SRC file).
+        names: Paths relative to ``root``, ``/``-separated (the ``file`` of each line).
+        videos: Sequence mode: each file's video folder relative to SRC (``"."`` for SRC itself).
+        frames: Sequence mode: each file's index among its video's frames.
+    """
+
+    root: Path
+    names: list[str]
+    videos: list[str] | None = None
+    frames: list[int] | None = None
+
+
+def list_inputs(src: str | Path, out: str | Path, *, sequence: bool = False) -> Inputs:
+    """The image files of SRC in input order.
+
+    A folder is searched recursively (sorted, extensions in any case, hidden entries skipped,
+    symbolic links followed without loops, the ``out`` folder left out when it lies inside SRC);
+    a file is taken as it is.
+
+    Raises:
+        LstmdetError: SRC is missing, holds no image files, or is a file in sequence mode.
+    """
+    src = Path(src)
+    if src.is_file():
+        if sequence:
+            raise LstmdetError(f"--sequence needs a folder with one sub-folder of frames per video; {src} is a file")
+        return Inputs(src.parent, [src.name])
+    if not src.is_dir():
+        raise LstmdetError(f"SRC {src} does not exist; give an image file or a folder of images")
+    names = [p.relative_to(src).as_posix() for p in find_images(src)]
+    with contextlib.suppress(ValueError):  # ValueError: out is not inside src
+        inside = Path(out).resolve().relative_to(src.resolve()).as_posix() + "/"
+        names = [name for name in names if not name.startswith(inside)]
+    if not names:
+        raise LstmdetError(f"no image files in {src} (extensions {', '.join(IMAGE_EXTENSIONS)}, any case)")
+    if not sequence:
+        return Inputs(src, names)
+    by_video: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        folder, _, _ = name.rpartition("/")
+        by_video[folder or "."].append(name)
+    inputs = Inputs(src, [], [], [])
+    for video in sorted(by_video, key=lambda v: Path(v).parts):
+        frames = by_video.pop(video)
+        inputs.names.extend(frames)
+        inputs.videos.extend([video] * len(frames))  # one shared string per video
+        inputs.frames.extend(range(len(frames)))
+    return inputs
+
+
+class ImageFiles(Dataset):
+    """Decodes files for the loader; a file that cannot be read becomes its error message.
+
+    Args:
+        root: Folder the names are relative to.
+        names: Image files, ``/``-separated paths relative to ``root``.
+        max_pixels: Largest ``width * height`` accepted (checked on the header, before decoding).
+        uint8: Return ``uint8`` tensors (converted on the GPU, 4x less to copy) instead of float.
+        fit: The model's ``(size, max_size)``: lets JPEGs decode at reduced scale (see
+            :func:`~lstmdet.data.images.read_image_sized`); ``None`` decodes at full resolution.
+    """
+
+    def __init__(
+        self, root: Path, names: list[str], max_pixels: int, *, uint8: bool = False, fit: tuple[int, int] | None = None
+    ) -> None:
+        self.root, self.names, self.max_pixels, self.uint8 = root, names, max_pixels, uint8
+        self.fit = fit
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None, tuple[int, int] | None]:
+        """``(index, image (3, H', W') float in [0, 1] or uint8, None, (H, W))`` or
+        ``(index, None, error, None)``; ``(H, W)`` is the full displayed size of the file."""
+        path = self.root / self.names[index]
+        try:
+            array, size = read_image_sized(path, max_pixels=self.max_pixels, fit=self.fit)
+        except ImageReadError as exc:
+            return index, None, exc.reason, None
+        except Exception as exc:  # e.g. MemoryError on a huge but allowed image: an error line, not a crash
+            return index, None, f"cannot decode the image ({type(exc).__name__}: {exc})", None
+        image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return index, (image if self.uint8 else image.float().div_(255.0)), None, size
+
+
+def as_list(batch: list) -> list:
+    """``collate_fn`` that keeps a batch as the list of ``ImageFiles`` items (images differ in size)."""
+    return batch
+
+
+class Plan:
+    """Batches of input indices to load, made as they are needed (nothing per file is stored).
+
+    Batches are fixed slices of the input order (of each video, in ``by_video`` mode), kept whole
+    when any file of the slice (of the video, in ``by_video`` mode) is not yet ``done``.
+    """
+
+    def __init__(self, inputs: Inputs, batch_size: int, done: set[str], by_video: bool) -> None:
+        self.inputs, self.batch_size, self.done, self.by_video = inputs, batch_size, done, by_video
+
+    def _units(self) -> Iterator[range]:
+        videos, n = self.inputs.videos, len(self.inputs.names)
+        if not self.by_video or videos is None:
+            yield from (range(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size))
+            return
+        start = 0
+        while start < n:
+            end = start
+            while end < n and videos[end] == videos[start]:
+                end += 1
+            yield range(start, end)
+            start = end
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for unit in self._units():
+            if any(self.inputs.names[i] not in self.done for i in unit):
+                for s in range(unit.start, unit.stop, self.batch_size):
+                    yield list(range(s, min(s + self.batch_size, unit.stop)))
+
+
+def batches(loader: DataLoader) -> Iterator[list[tuple[int, torch.Tensor | None, str | None]]]:
+    """The loader's batches; a loader process that dies becomes an :class:`LstmdetError`."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "worker" not in str(exc).lower():
+                raise
+            raise LstmdetError(
+                f"an image-decoding process died ({exc}); this is usually memory: continue with --resume and "
+                "fewer --workers or a lower --max-pixels"
+            ) from None
+        yield batch

@@ -1,0 +1,331 @@
+"""Output files of batch detection (``lstmdet detect``), written so that memory stays flat.
+
+``detections.jsonl`` is the one file written as the run goes: one JSON line per input file, in
+input order, appended and flushed batch by batch. Everything else is derived from it at the end by
+:func:`finalize`, which streams it line by line (no per-image results are held in memory):
+
+* ``images.json``: the COCO ``images`` entries (``id`` 1..N in input order over the files that
+  could be read, ``file_name``, ``width``, ``height``);
+* ``coco_results.json``: the COCO results list (``image_id``, ``category_id`` = label index,
+  ``bbox`` ``[x, y, w, h]``, ``score``) that ``pycocotools.COCO.loadRes`` takes as it is.
+
+Final files are written to a temporary name and renamed into place (:func:`atomic_open`), so a
+reader never sees half a file. :func:`read_done` reads back the lines of an interrupted run for
+``--resume``. :class:`AnnotatedImageWriter` draws boxes, class names and scores on copies of the
+images in background threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from lstmdet.engine.metrics import coco_results_list
+from lstmdet.errors import LstmdetError
+
+DETECTIONS = "detections.jsonl"
+IMAGES = "images.json"
+RESULTS = "coco_results.json"
+SUMMARY = "summary.json"
+#: Options a run was started with; ``--resume`` refuses to mix results of different options.
+OPTIONS = "options.json"
+#: Folder of annotated copies (``--save-images``).
+ANNOTATED = "images"
+#: Decimals kept in the files: boxes to 1/1000 pixel, scores to 1e-5.
+BOX_DECIMALS, SCORE_DECIMALS = 3, 5
+
+_PALETTE = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+)  # fmt: skip
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success rename it to ``path``, on error remove it.
+
+    Args:
+        path: Final file.
+        mode: ``"w"`` (text, UTF-8) or ``"wb"``.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_open(path) as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+
+
+def detection_record(file: str, width: int, height: int, prediction: dict[str, Any], classes: Sequence[str]) -> dict:
+    """The ``detections.jsonl`` line of one image.
+
+    Args:
+        file: Path relative to SRC, ``/``-separated.
+        width: Displayed width in pixels (EXIF orientation applied).
+        height: Displayed height.
+        prediction: ``boxes`` ``(N, 4)`` xyxy pixels, ``scores`` ``(N,)``, ``labels`` ``(N,)`` (CPU).
+        classes: Class names; ``category_id`` is the label index.
+
+    Returns:
+        ``{"file", "width", "height", "detections": [{"bbox": [x, y, w, h], "score", "category_id",
+        "category"}]}``, best first.
+    """
+    detections = [
+        {
+            "bbox": [round(v, BOX_DECIMALS) for v in entry["bbox"]],
+            "score": round(entry["score"], SCORE_DECIMALS),
+            "category_id": entry["category_id"],
+            "category": classes[entry["category_id"]],
+        }
+        for entry in coco_results_list([prediction], num_classes=len(classes))
+    ]
+    return {"file": file, "width": width, "height": height, "detections": detections}
+
+
+class JsonlAppender:
+    """Appends records to ``detections.jsonl`` after its first ``keep`` bytes (the rest is cut off).
+
+    Args:
+        path: The file (created when missing).
+        keep: Bytes of complete lines to keep from an earlier run (0 starts afresh).
+    """
+
+    def __init__(self, path: Path, keep: int = 0) -> None:
+        self._file = path.open("r+b" if keep else "wb")
+        self._file.truncate(keep)
+        self._file.seek(keep)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write one line (buffered until :meth:`flush`)."""
+        self._file.write(json.dumps(record).encode("utf-8") + b"\n")
+
+    def flush(self) -> None:
+        """Push the written lines to the operating system."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._file.close()
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """``(offset, raw line, record)`` of the complete, valid lines; stops at the first bad one."""
+    offset = 0
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                return  # the torn last line of an interrupted run
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return
+            if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+                return
+            yield offset, line, record
+            offset += len(line)
+
+
+def read_done(path: Path) -> tuple[set[str], int]:
+    """The files an earlier run recorded in ``detections.jsonl``, for ``--resume``.
+
+    Returns:
+        ``(files, keep)``: the ``file`` of every complete, valid line before the first torn or
+        invalid one, and the byte length of those lines (what to keep of the file).
+    """
+    if not path.is_file():
+        return set(), 0
+    done: set[str] = set()
+    keep = 0
+    for offset, line, record in _lines(path):
+        done.add(record["file"])
+        keep = offset + len(line)
+    return done, keep
+
+
+def _put_in_order(path: Path, files: Sequence[str]) -> None:
+    """Rewrite ``detections.jsonl`` with exactly one line per entry of ``files``, in that order.
+
+    Needed only after a ``--resume`` whose earlier run did not write a prefix of the inputs; a file
+    already in order is left untouched.
+    """
+    offsets: dict[str, int] = {}
+    in_order = True
+    for position, (offset, _line, record) in enumerate(_lines(path)):
+        in_order = in_order and position < len(files) and record["file"] == files[position]
+        offsets.setdefault(record["file"], offset)
+    if in_order and len(offsets) == len(files):
+        return
+    missing = [f for f in files if f not in offsets]
+    if missing:
+        raise LstmdetError(f"{path} has no line for {len(missing)} input files (e.g. {missing[0]!r}); run again")
+    with path.open("rb") as src, atomic_open(path, "wb") as dst:
+        for file in files:
+            src.seek(offsets[file])
+            dst.write(src.readline())
+
+
+class _JsonArray:
+    """Writes a JSON array one element at a time."""
+
+    def __init__(self, f: IO[str]) -> None:
+        self.f, self.count = f, 0
+        f.write("[")
+
+    def add(self, item: dict[str, Any]) -> None:
+        self.f.write(("\n" if self.count == 0 else ",\n") + json.dumps(item))
+        self.count += 1
+
+    def close(self) -> None:
+        self.f.write("\n]\n" if self.count else "]\n")
+
+
+def finalize(out: Path, files: Sequence[str]) -> dict[str, int]:
+    """Write ``images.json`` and ``coco_results.json`` from ``detections.jsonl``, streaming.
+
+    Args:
+        out: Output folder holding ``detections.jsonl`` with one line for each of ``files``.
+        files: Every input file (relative name) in input order; the jsonl is put in this order.
+
+    Returns:
+        ``{"ok", "failed", "detections"}`` counts.
+    """
+    path = out / DETECTIONS
+    _put_in_order(path, files)
+    ok = failed = 0
+    with atomic_open(out / IMAGES) as images_file, atomic_open(out / RESULTS) as results_file:
+        images, results = _JsonArray(images_file), _JsonArray(results_file)
+        for _offset, _line, record in _lines(path):
+            if "error" in record:
+                failed += 1
+                continue
+            ok += 1
+            images.add({"id": ok, "file_name": record["file"], "width": record["width"], "height": record["height"]})
+            for det in record["detections"]:
+                results.add({"image_id": ok, "category_id": det["category_id"], "bbox": det["bbox"],
+                             "score": det["score"]})  # fmt: skip
+        images.close()
+        results.close()
+    return {"ok": ok, "failed": failed, "detections": results.count}
+
+
+def annotated_path(out: Path, file: str) -> Path:
+    """Where ``--save-images`` puts the annotated copy of ``file`` (relative to SRC).
+
+    JPEG and PNG inputs keep their relative path (written as JPEG / PNG); other formats get
+    ``.png`` appended (``scan.tif`` -> ``scan.tif.png``), so two inputs never share an output.
+    """
+    suffix = Path(file).suffix.lower()
+    return out / ANNOTATED / (file if suffix in (".jpg", ".jpeg", ".png") else f"{file}.png")
+
+
+def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]]) -> Image.Image:
+    """Boxes, class names and scores drawn on a copy of ``image``.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        detections: ``detections.jsonl`` entries (``bbox`` ``[x, y, w, h]``, ``score``,
+            ``category_id``, ``category``).
+    """
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    line = max(1, round(min(canvas.size) / 300))
+    font = _font(max(10, round(min(canvas.size) / 40)))
+    width, height = canvas.size
+    for det in reversed(detections):  # best on top
+        x, y, w, h = det["bbox"]
+        # boxes touching the right or bottom edge end at W or H: keep their outline inside the image
+        x1, y1 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+        x2, y2 = min(max(x + w, x1), width - 1), min(max(y + h, y1), height - 1)
+        colour = _PALETTE[det["category_id"] % len(_PALETTE)]
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
+        label = f"{det['category']} {det['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        text_w, text_h = right - left + 2, bottom - top + 2
+        tx = min(x1, max(width - text_w, 0))
+        ty = y1 - text_h if y1 - text_h >= 0 else y1
+        draw.rectangle((tx, ty, tx + text_w, ty + text_h), fill=colour)
+        draw.text((tx + 1 - left, ty + 1 - top), label, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``size`` pixels (its fixed bitmap font without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):
+        return ImageFont.load_default()
+
+
+def _save_annotated(image: np.ndarray, detections: list[dict[str, Any]], path: Path) -> None:
+    canvas = draw_detections(image, detections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    is_jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    with atomic_open(path, "wb") as f:
+        canvas.save(f, format="JPEG" if is_jpeg else "PNG", **({"quality": 90} if is_jpeg else {"compress_level": 1}))
+
+
+class AnnotatedImageWriter:
+    """Draws and encodes annotated copies in background threads (Pillow releases the GIL).
+
+    At most ``2 * threads`` images wait at a time, so memory stays bounded.
+
+    Args:
+        out: Output folder; copies go under ``out/images/`` (see :func:`annotated_path`).
+        threads: Encoder threads.
+    """
+
+    def __init__(self, out: Path, threads: int = 2) -> None:
+        self.out = out
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lstmdet-draw")
+        self._pending: deque[Future] = deque()
+        self._limit = 2 * threads
+
+    def submit(self, file: str, image: torch.Tensor, detections: list[dict[str, Any]]) -> None:
+        """Queue the annotated copy of ``file``.
+
+        Args:
+            file: Path relative to SRC.
+            image: ``(3, H, W)`` float in ``[0, 1]`` or uint8, on any device.
+            detections: Its ``detections.jsonl`` entries.
+        """
+        if image.dtype != torch.uint8:
+            image = image.mul(255).round_().to(torch.uint8)
+        array = image.permute(1, 2, 0).cpu().numpy().copy()
+        while len(self._pending) >= self._limit:
+            self._wait(self._pending.popleft())
+        self._pending.append(self._pool.submit(_save_annotated, array, detections, annotated_path(self.out, file)))
+
+    def _wait(self, future: Future) -> None:
+        try:
+            future.result()
+        except OSError as exc:
+            raise LstmdetError(
+                f"cannot write an annotated image under {self.out / ANNOTATED}: {exc}; check free space "
+                "and permissions, or run without --save-images"
+            ) from None
+
+    def close(self) -> None:
+        """Wait for every queued image (raises the first write error)."""
+        try:
+            while self._pending:
+                self._wait(self._pending.popleft())
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
