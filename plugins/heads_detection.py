@@ -30,6 +30,7 @@ longer be torchvision's head). ``norm="batch"`` (``BatchNorm2d``) and ``norm="no
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -123,7 +124,7 @@ def level_strides(image_height: int, feature_heights: Sequence[int]) -> tuple[in
 # --------------------------------------------------------------------------------------------------
 
 
-class _HeadForward:
+class _HeadForward(abc.ABC):
     """The lstmdet ``Head`` protocol on top of a torchvision one-stage detector.
 
     Subclasses set ``head``, ``in_channels``, ``num_classes``, ``num_anchors`` and implement
@@ -257,9 +258,11 @@ class _HeadForward:
                     "after augmentation)"
                 )
 
+    @abc.abstractmethod
     def _make_anchor_generator(self, strides: tuple[int, ...]) -> AnchorGenerator:
-        raise NotImplementedError
+        """The anchor generator for feature levels of these strides."""
 
+    @abc.abstractmethod
     def _losses(
         self,
         targets: list[dict[str, Tensor]],
@@ -267,7 +270,7 @@ class _HeadForward:
         anchors: list[Tensor],
         num_anchors_per_level: list[int],
     ) -> dict[str, Tensor]:
-        raise NotImplementedError
+        """torchvision's losses of this head for the matched targets."""
 
 
 # --------------------------------------------------------------------------------------------------
