@@ -84,7 +84,7 @@ def describe_model(model: nn.Module, *, frames: int = 1) -> dict[str, Any]:
         levels[level]["encoder"] = list(y.shape[2:])
     head_feats = {level: feats[level] for level in model.head_levels}
     images = ImageList(x, [(height, width)] * frames)
-    predictions, flops_head = _counted(model.head, head_feats, images)
+    _, flops_head = _counted(model.head, head_feats, images)
     model.train(was_training)
 
     total = flops_backbone + flops_neck + flops_encoder + flops_head
@@ -108,6 +108,5 @@ def describe_model(model: nn.Module, *, frames: int = 1) -> dict[str, Any]:
         "levels": levels,
         "head_levels": list(model.head_levels),
         "output": output,
-        "detections_per_frame_example": None if model.task == "classify" else len(predictions[0]["boxes"]),
         "flops_per_image": per_image,
     }
