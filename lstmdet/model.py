@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from lstmdet.config import load_config
-from lstmdet.errors import AssemblyError, ConfigError, LstmdetError, UnknownComponentError
+from lstmdet.errors import AssemblyError, LstmdetError
 from lstmdet.interfaces import FeatureInfo
 from lstmdet.manager import current_registry
 from lstmdet.registry import ComponentRegistry
@@ -197,14 +197,14 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
     """Assemble a model from a config (dict or YAML path).
 
     Raises:
-        ConfigError: A field of the config is wrong (names the field).
-        UnknownComponentError: A part names an unregistered component.
+        ConfigError: A field of the config is wrong, named in the message; an unknown component
+            is reported on the part's ``name`` field (e.g. ``model.encoder.name``).
         AssemblyError: Parts do not fit together (names both parts).
     """
     cfg = load_config(config)
     registry = current_registry() if registry is None else registry
     spec = cfg["model"]
-    backbone = _create(registry, "backbones", spec["backbone"], "model.backbone")
+    backbone = registry.create_from_spec("backbones", spec["backbone"], "model.backbone")
     info = _feature_info(backbone, spec["backbone"]["name"])
     channels = {fi.name: fi.channels for fi in info}
     describe = {"backbone": f"backbone {spec['backbone']['name']!r}"}
@@ -219,7 +219,7 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
     enc_levels = _choose_levels(enc_spec["levels"], channels, "model.encoder.levels", describe["backbone"])
     encoders = {}
     for level in enc_levels:
-        encoder = _create(registry, "encoders", enc_spec, "model.encoder", channels[level], skip=("levels",))
+        encoder = registry.create_from_spec("encoders", enc_spec, "model.encoder", channels[level], skip=("levels",))
         out = getattr(encoder, "out_channels", None)
         if not isinstance(out, int) or out < 1:
             raise AssemblyError(
@@ -237,8 +237,8 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
             f"{describe['backbone']} with encoder {enc_spec['name']!r} gives {found}. Add `neck: {{channels: N}}` "
             "to the model, or choose one level with model.head.levels"
         )
-    head = _create(
-        registry, "heads", head_spec, "model.head", head_channels.pop(), head_spec["num_classes"], skip=("levels",)
+    head = registry.create_from_spec(
+        "heads", head_spec, "model.head", head_channels.pop(), head_spec["num_classes"], skip=("levels", "num_classes")
     )
     if getattr(head, "task", None) != cfg["task"]:
         raise AssemblyError(
@@ -256,20 +256,6 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
         head_levels=head_levels,
         neck=neck,
     )
-
-
-def _create(
-    registry: ComponentRegistry, kind: str, spec: dict[str, Any], field: str, *args: Any, skip: tuple = ()
-) -> nn.Module:
-    options = {k: v for k, v in spec.items() if k != "name" and k not in skip and k != "num_classes"}
-    try:
-        return registry.create(kind, spec["name"], *args, **options)
-    except ValueError as exc:
-        raise ConfigError(field, f"{spec['name']}: {exc}") from None
-    except UnknownComponentError as exc:
-        raise ConfigError(f"{field}.name", str(exc)) from None
-    except LstmdetError as exc:
-        raise ConfigError(field, str(exc)) from None
 
 
 def _feature_info(backbone: nn.Module, name: str) -> list[FeatureInfo]:

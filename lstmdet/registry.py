@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lstmdet.errors import DuplicateComponentError, LstmdetError, UnknownComponentError
+from lstmdet.errors import ConfigError, DuplicateComponentError, LstmdetError, UnknownComponentError
 
 KINDS: tuple[str, ...] = ("backbones", "encoders", "heads", "datasets")
 SINGULAR = {"backbones": "backbone", "encoders": "encoder", "heads": "head", "datasets": "dataset"}
@@ -145,6 +145,32 @@ class ComponentRegistry:
                 f"accepted options: {', '.join(entry.options()) or '(none)'}"
             ) from None
         return entry.factory(*args, **options)
+
+    def create_from_spec(
+        self, kind: str, spec: dict[str, Any], field: str, *args: Any, skip: tuple[str, ...] = ()
+    ) -> Any:
+        """Build the component a config section names: ``{name: ..., **options}``.
+
+        Args:
+            kind: Component kind.
+            spec: The config section; ``name`` picks the component, the other keys are its options.
+            field: Dotted config path of the section, used in error messages.
+            *args: Contract arguments of the kind (e.g. ``in_channels``).
+            skip: Keys of ``spec`` that are not component options (read by the caller).
+
+        Raises:
+            ConfigError: Unknown name (field ``<field>.name``), an option the factory does not take,
+                or a value the component rejects with ``ValueError`` (field ``<field>``).
+        """
+        options = {k: v for k, v in spec.items() if k != "name" and k not in skip}
+        try:
+            return self.create(kind, spec["name"], *args, **options)
+        except UnknownComponentError as exc:
+            raise ConfigError(f"{field}.name", str(exc)) from None
+        except ValueError as exc:
+            raise ConfigError(field, f"{spec['name']}: {exc}") from None
+        except LstmdetError as exc:
+            raise ConfigError(field, str(exc)) from None
 
     @staticmethod
     def _check_kind(kind: str) -> None:

@@ -16,7 +16,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lstmdet.data.augment import build_augment, collate, to_tensors
-from lstmdet.errors import ConfigError
 from lstmdet.manager import current_registry
 
 
@@ -26,11 +25,7 @@ def build_dataset(spec: dict[str, Any], field: str) -> Dataset:
     Raises:
         ConfigError: Unknown dataset or a bad option; the message names ``field``.
     """
-    options = {k: v for k, v in spec.items() if k != "name"}
-    try:
-        return current_registry().create("datasets", spec["name"], **options)
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(field, str(exc).strip("'\"")) from None
+    return current_registry().create_from_spec("datasets", spec, field)
 
 
 def _item_seed(*parts: int) -> int:
