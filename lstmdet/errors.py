@@ -41,3 +41,7 @@ class AssemblyError(LstmdetError, ValueError):
 
 class CheckpointError(LstmdetError):
     """A checkpoint file is missing, corrupt, of the wrong format or unsafe to load."""
+
+
+class Cancelled(LstmdetError):
+    """A run stopped because its caller asked it to (a cancelled job); it wrote no final files."""

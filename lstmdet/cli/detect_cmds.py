@@ -16,8 +16,6 @@ exit status:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``detect`` sub-command."""
-    from lstmdet.data.images import DEFAULT_MAX_PIXELS
-
     p = subparsers.add_parser(
         "detect",
         help="detect objects in a folder of images",
@@ -27,6 +25,19 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_detect_arguments(p)
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted run in DIR: keep its lines, process the other files",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_detect)
+
+
+def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``detect`` (shared with ``submit detect``), ``--resume`` and ``--quiet`` aside."""
+    from lstmdet.data.images import DEFAULT_MAX_PIXELS
+
     p.add_argument("src", metavar="SRC", help="image file, or folder searched recursively")
     p.add_argument("--weights", metavar="CKPT", help="checkpoint file (default: the model shipped with lstmdet)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -39,10 +50,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true", help="float16 mixed precision (CUDA only; ignored on CPU)")
     p.add_argument("--save-images", action="store_true", help="also write annotated copies under DIR/images/")
     p.add_argument(
-        "--resume", action="store_true",
-        help="continue an interrupted run in DIR: keep its lines, process the other files",
-    )  # fmt: skip
-    p.add_argument(
         "--sequence", action="store_true",
         help="video mode: each sub-folder of SRC holds the frames of one video (sorted by name); stateful models "
         "carry their state from frame to frame",
@@ -51,8 +58,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
         help=f"largest width*height read; larger files are refused unread (default {DEFAULT_MAX_PIXELS})",
     )  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_detect)
+
+
+def detect_options(args: argparse.Namespace) -> dict:
+    """The :class:`~lstmdet.engine.detect.DetectOptions` fields given on the command line."""
+    return {
+        "batch_size": args.batch_size, "workers": args.workers, "score_thresh": args.conf, "nms_thresh": args.iou,
+        "max_detections": args.max_det, "device": args.device, "half": args.half, "save_images": args.save_images,
+        "sequence": args.sequence, "max_pixels": args.max_pixels,
+    }  # fmt: skip
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -61,11 +75,8 @@ def run_detect(args: argparse.Namespace) -> int:
     from lstmdet.engine.writers import ANNOTATED, DETECTIONS
 
     summary = detect(
-        args.src, args.out, args.weights, batch_size=args.batch_size, workers=args.workers,
-        score_thresh=args.conf, nms_thresh=args.iou, max_detections=args.max_det, device=args.device,
-        half=args.half, save_images=args.save_images, resume=args.resume, sequence=args.sequence,
-        max_pixels=args.max_pixels, progress=not args.quiet,
-    )  # fmt: skip
+        args.src, args.out, args.weights, resume=args.resume, progress=not args.quiet, **detect_options(args)
+    )
     files = "detections.jsonl, images.json, coco_results.json, summary.json"
     print(f"outputs in {args.out}: {files}" + (f", {ANNOTATED}/" if args.save_images else ""))
     resumed = f", {summary['resumed']} kept from the earlier run" if summary["resumed"] else ""

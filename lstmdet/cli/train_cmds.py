@@ -15,13 +15,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Train the model a config describes on its data.train split. Writes last.pt, best.pt, "
         "metrics.jsonl, metrics.csv, curves.png and summary.json to --out.",
     )
-    p.add_argument("config", help="YAML config file")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable; values are YAML)",
-    )  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    add_train_arguments(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -30,13 +24,43 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Score a checkpoint: accuracy, per-class precision/recall and confusion matrix (classify) or "
         "COCO mAP (detect). Default data: the checkpoint config's data.test, else data.val.",
     )
+    add_eval_arguments(p)
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=run_eval)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``train`` (shared with ``submit train``)."""
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable; values are YAML)",
+    )  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``eval`` (shared with ``submit eval``)."""
     p.add_argument("--weights", required=True, help="checkpoint file (last.pt / best.pt)")
     p.add_argument("--data", help="dataset as YAML, e.g. '{name: digits_det, images: 300, split: test}'")
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=run_eval)
+
+
+def parse_data(text: str | None) -> dict | None:
+    """The ``--data`` YAML mapping (``None`` when not given)."""
+    import yaml
+
+    from lstmdet.errors import ConfigError
+
+    if not text:
+        return None
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError("--data", "must be a YAML mapping with a name, e.g. '{name: mnist_idx, split: test}'")
+    return data
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -50,18 +74,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the metrics."""
-    import yaml
-
     from lstmdet.engine.evaluate import evaluate_checkpoint
-    from lstmdet.errors import ConfigError
 
-    data = None
-    if args.data:
-        data = yaml.safe_load(args.data)
-        if not isinstance(data, dict) or "name" not in data:
-            raise ConfigError("--data", "must be a YAML mapping with a name, e.g. '{name: mnist_idx, split: test}'")
     metrics = evaluate_checkpoint(
-        args.weights, data=data, batch_size=args.batch_size, workers=args.workers, device=args.device
+        args.weights, data=parse_data(args.data), batch_size=args.batch_size, workers=args.workers, device=args.device
     )
     text = json.dumps(metrics, indent=2)
     if args.out:

@@ -3,7 +3,8 @@
 Reproducibility does not depend on how many epochs ran in this process: the order of an epoch
 is drawn from a generator seeded with ``(seed, epoch)``, and each item's augmentation is seeded
 with ``(seed, epoch, index)``, whichever loader worker handles it. Training 4 epochs straight
-and training 2, stopping and resuming 2 therefore see exactly the same batches.
+and training 2, stopping and resuming 2 therefore see exactly the same batches; so does stopping
+mid-epoch, since ``EpochSampler.set_epoch(epoch, start)`` skips the items already trained on.
 """
 
 from __future__ import annotations
@@ -42,11 +43,22 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int) -> None:
-        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+        self.size, self.shuffle, self.seed, self.epoch, self.start = size, shuffle, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration yields."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch whose order the next iteration yields.
+
+        Args:
+            epoch: 0-based epoch; the order is a function of ``(seed, epoch)`` only.
+            start: Skip the first ``start`` items of that order (resuming mid-epoch: pass
+                ``batches_done * batch_size``). Skipped items are never loaded.
+
+        Raises:
+            ValueError: ``start`` is negative.
+        """
+        if start < 0:
+            raise ValueError(f"start must be >= 0 (items of the epoch to skip), got {start}")
+        self.epoch, self.start = epoch, min(start, self.size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -54,10 +66,15 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = range(self.size)
-        return ((self.epoch, i) for i in order)
+        return ((self.epoch, i) for i in order[self.start :])
 
     def __len__(self) -> int:
-        return self.size
+        """Items the next iteration yields: the dataset size less the skipped ``start`` items.
+
+        A ``DataLoader`` therefore reports the batches left in the epoch; take the full epoch's
+        batch count (e.g. for a schedule's total steps) while ``start`` is 0.
+        """
+        return self.size - self.start
 
 
 class AugmentedDataset(Dataset):
@@ -91,7 +108,10 @@ class AugmentedDataset(Dataset):
 def build_loader(
     dataset: AugmentedDataset, *, batch_size: int, shuffle: bool, workers: int, seed: int, pin_memory: bool = False
 ) -> DataLoader:
-    """A DataLoader over ``(epoch, index)`` keys; call ``loader.sampler.set_epoch(e)`` each epoch."""
+    """A DataLoader over ``(epoch, index)`` keys; call ``loader.sampler.set_epoch(e)`` each epoch.
+
+    ``loader.sampler.set_epoch(e, start=k)`` resumes epoch ``e`` after its first ``k`` items.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -27,8 +27,10 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -47,7 +49,7 @@ from lstmdet.engine.writers import (
     read_done,
     write_json,
 )
-from lstmdet.errors import LstmdetError
+from lstmdet.errors import Cancelled, LstmdetError
 from lstmdet.model import LstmdetModel
 
 #: ``detect`` option -> detection-head attribute it sets for the run.
@@ -76,19 +78,6 @@ def _device(name: str | torch.device, model: LstmdetModel | None) -> torch.devic
     return device
 
 
-def _load(weights: str | Path | None, model: LstmdetModel | None, device: torch.device) -> tuple[LstmdetModel, dict]:
-    """The model on ``device`` in eval mode, and what identifies its weights."""
-    from lstmdet.checkpoint import default_model_path, load_model
-
-    if model is not None:
-        if weights is not None:
-            raise LstmdetError("give weights or model, not both")
-        return model.to(device).eval(), {"weights": None, "weights_sha256": None}
-    model = load_model(weights, map_location=device)
-    path = Path(weights) if weights is not None else default_model_path()
-    return model, {"weights": str(weights) if weights is not None else "default", "weights_sha256": _sha256(path)}
-
-
 def _check(value: Any, name: str, flag: str, low: float, high: float | None = None, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     ok = isinstance(value, kind) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
@@ -97,18 +86,131 @@ def _check(value: Any, name: str, flag: str, low: float, high: float | None = No
         raise LstmdetError(f"{name} ({flag}) must be {'an integer' if integer else 'a number'} {span}, got {value!r}")
 
 
-def _head_options(model: LstmdetModel, **values: Any) -> dict[str, Any]:
-    """Set the given head options; returns the previous value of every option the head has."""
-    previous = {key: getattr(model.head, attr) for key, attr in HEAD_OPTIONS.items() if hasattr(model.head, attr)}
-    for key, value in values.items():
-        if value is None:
-            continue
-        if key not in previous:
-            raise LstmdetError(
-                f"the model's head {type(model.head).__name__} has no {HEAD_OPTIONS[key]} option; leave {key} unset"
-            )
-        setattr(model.head, HEAD_OPTIONS[key], float(value) if key != "max_detections" else int(value))
-    return previous
+@dataclass(frozen=True)
+class DetectOptions:
+    """How a folder is detected: the options of :func:`detect` that do not name files (checked).
+
+    A queued detect job carries these as JSON (:meth:`to_json`), so a worker runs exactly what
+    ``lstmdet detect`` would.
+    """
+
+    batch_size: int = 8
+    workers: int = 2
+    score_thresh: float | None = None
+    nms_thresh: float | None = None
+    max_detections: int | None = None
+    device: str = "auto"
+    half: bool = False
+    save_images: bool = False
+    sequence: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size, "batch_size", "--batch-size", 1, integer=True)
+        _check(self.workers, "workers", "--workers", 0, integer=True)
+        _check(self.max_pixels, "max_pixels", "--max-pixels", 1, integer=True)
+        for value, name, flag in (
+            (self.score_thresh, "score_thresh", "--conf"),
+            (self.nms_thresh, "nms_thresh", "--iou"),
+        ):
+            if value is not None:
+                _check(value, name, flag, 0.0, 1.0)
+        if self.max_detections is not None:
+            _check(self.max_detections, "max_detections", "--max-det", 1, integer=True)
+        object.__setattr__(self, "device", str(self.device))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DetectOptions:
+        """Options from a JSON dict; unknown keys raise an error that lists the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LstmdetError(f"unknown detect option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as a JSON-ready dict."""
+        return asdict(self)
+
+
+class Detector(NamedTuple):
+    """A detection model ready to run.
+
+    Attributes:
+        model: The model, in eval mode on ``device``.
+        device: Where it runs.
+        identity: ``{"weights": path or "default" or None, "weights_sha256": hex or None}``.
+    """
+
+    model: LstmdetModel
+    device: torch.device
+    identity: dict[str, str | None]
+
+
+def open_detector(
+    weights: str | Path | None = None, *, model: LstmdetModel | None = None, device: str | torch.device = "auto"
+) -> Detector:
+    """Load a detection checkpoint (or take ``model``) onto ``device``.
+
+    Args:
+        weights: Checkpoint file; ``None`` uses ``model``, else the default model shipped with lstmdet.
+        model: An already built detection model (instead of ``weights``).
+        device: ``auto`` (CUDA when present; a given ``model``'s own device), ``cpu``, ``cuda[:N]``.
+
+    Raises:
+        LstmdetError: Both ``weights`` and ``model``, a bad device or checkpoint, or a model that
+            is not a detector.
+    """
+    from lstmdet.checkpoint import default_model_path, load_model
+
+    dev = _device(device, model)
+    if model is not None:
+        if weights is not None:
+            raise LstmdetError("give weights or model, not both")
+        net, identity = model.to(dev).eval(), {"weights": None, "weights_sha256": None}
+    else:
+        net = load_model(weights, map_location=dev)
+        path = Path(weights) if weights is not None else default_model_path()
+        identity = {"weights": str(weights) if weights is not None else "default", "weights_sha256": _sha256(path)}
+    if net.task != "detect":
+        raise LstmdetError(
+            f"detect needs a detection model, but {identity['weights'] or 'the model'} is a {net.task} model"
+        )
+    return Detector(net, dev, identity)
+
+
+@contextlib.contextmanager
+def head_options(detector: Detector, opts: DetectOptions) -> Iterator[dict[str, Any]]:
+    """Set the run's head options (thresholds) for the duration of the block.
+
+    Yields:
+        The run's identity as ``options.json`` records it: weights SHA-256, the head's effective
+        thresholds, batch size, pixel limit, sequence mode and half precision. A resumed run or a
+        shard of a job must match it exactly.
+    """
+    head = detector.model.head
+    previous = {key: getattr(head, attr) for key, attr in HEAD_OPTIONS.items() if hasattr(head, attr)}
+    wanted = {"score_thresh": opts.score_thresh, "nms_thresh": opts.nms_thresh, "max_detections": opts.max_detections}
+    try:
+        for key, value in wanted.items():
+            if value is None:
+                continue
+            if key not in previous:
+                raise LstmdetError(
+                    f"the model's head {type(head).__name__} has no {HEAD_OPTIONS[key]} option; leave {key} unset"
+                )
+            setattr(head, HEAD_OPTIONS[key], float(value) if key != "max_detections" else int(value))
+        yield {
+            "weights_sha256": detector.identity["weights_sha256"],
+            **{key: getattr(head, attr, None) for key, attr in HEAD_OPTIONS.items()},
+            "batch_size": opts.batch_size,
+            "max_pixels": opts.max_pixels,
+            "sequence": opts.sequence,
+            "half": opts.half and detector.device.type == "cuda",
+        }
+    finally:
+        for key, value in previous.items():
+            setattr(head, HEAD_OPTIONS[key], value)
 
 
 class _Runner:
@@ -183,18 +285,10 @@ def detect(
     weights: str | Path | None = None,
     *,
     model: LstmdetModel | None = None,
-    batch_size: int = 8,
-    workers: int = 2,
-    score_thresh: float | None = None,
-    nms_thresh: float | None = None,
-    max_detections: int | None = None,
-    device: str | torch.device = "auto",
-    half: bool = False,
-    save_images: bool = False,
     resume: bool = False,
-    sequence: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Detect objects in every image of a folder (or in one file), streaming results to ``out``.
 
@@ -205,20 +299,19 @@ def detect(
             ``summary.json``, ``options.json`` and, with ``save_images``, ``images/``.
         weights: Checkpoint file; ``None`` uses ``model``, else the default model shipped with lstmdet.
         model: An already built detection model (instead of ``weights``).
-        batch_size: Images per forward pass (frames per loader batch in sequence mode).
-        workers: Loader processes decoding images (0: decode in this process).
-        score_thresh: Minimum score kept (head default when ``None``).
-        nms_thresh: IoU threshold of the NMS (head default when ``None``).
-        max_detections: Detections kept per image (head default when ``None``).
-        device: ``auto`` (CUDA when present; a given ``model``'s own device), ``cpu``, ``cuda[:N]``.
-        half: Mixed precision (float16 autocast); CUDA only, ignored on CPU.
-        save_images: Also write annotated copies under ``out/images/``.
         resume: Keep the lines of an interrupted run in ``out`` and process only the other files;
             the files equal those of an uninterrupted run. Without a previous run, start afresh.
-        sequence: Video mode: frames of each sub-folder form a clip (see the module docstring).
-        max_pixels: Largest ``width * height`` read; larger files (decompression bombs) become
-            error lines without being decoded.
         progress: Show a progress bar (images/s) on stderr.
+        should_stop: Called between batches; when it returns True the run stops with
+            :class:`~lstmdet.errors.Cancelled`, leaving ``detections.jsonl`` resumable and no
+            final file written.
+        **options: The fields of :class:`DetectOptions`: ``batch_size`` (images per forward
+            pass; frames per loader batch in sequence mode), ``workers`` (loader processes; 0
+            decodes in this process), ``score_thresh``, ``nms_thresh``, ``max_detections`` (head
+            defaults when ``None``), ``device`` (``auto``, ``cpu``, ``cuda[:N]``), ``half``
+            (float16 autocast, CUDA only), ``save_images`` (annotated copies under
+            ``out/images/``), ``sequence`` (video mode, see the module docstring), ``max_pixels``
+            (largest ``width * height`` read; larger files become error lines undecoded).
 
     Returns:
         The ``summary.json`` dict: ``images``, ``ok``, ``failed``, ``detections``, ``seconds`` (the
@@ -232,82 +325,126 @@ def detect(
             run while ``resume`` is off, or a resume with options that differ from the first run's.
     """
     started = time.perf_counter()
-    _check(batch_size, "batch_size", "--batch-size", 1, integer=True)
-    _check(workers, "workers", "--workers", 0, integer=True)
-    _check(max_pixels, "max_pixels", "--max-pixels", 1, integer=True)
-    for value, name, flag in ((score_thresh, "score_thresh", "--conf"), (nms_thresh, "nms_thresh", "--iou")):
-        if value is not None:
-            _check(value, name, flag, 0.0, 1.0)
-    if max_detections is not None:
-        _check(max_detections, "max_detections", "--max-det", 1, integer=True)
+    opts = DetectOptions.from_json(options)
     out = Path(out)
     jsonl = out / DETECTIONS
     if jsonl.exists() and not resume:
         raise LstmdetError(f"{out} already holds detections ({DETECTIONS}): pass --resume, or choose another --out")
-    inputs = list_inputs(src, out, sequence=sequence)
-    dev = _device(device, model)
-    half = bool(half) and dev.type == "cuda"
-    net, identity = _load(weights, model, dev)
-    if net.task != "detect":
-        raise LstmdetError(
-            f"detect needs a detection model, but {identity['weights'] or 'the model'} is a {net.task} model"
-        )
-    previous = _head_options(net, score_thresh=score_thresh, nms_thresh=nms_thresh, max_detections=max_detections)
-    try:
-        options = {
-            "weights_sha256": identity["weights_sha256"],
-            **{key: getattr(net.head, attr, None) for key, attr in HEAD_OPTIONS.items()},
-            "batch_size": batch_size,
-            "max_pixels": max_pixels,
-            "sequence": sequence,
-            "half": half,
-        }
+    inputs = list_inputs(src, out, sequence=opts.sequence)
+    detector = open_detector(weights, model=model, device=opts.device)
+    with head_options(detector, opts) as run_options:
         out.mkdir(parents=True, exist_ok=True)
-        done, keep = _start(out, options, resume)
-        stateful = sequence and net.stateful
-        plan = Plan(inputs, batch_size, done, by_video=stateful)
-        net_input = net.config["model"]["input"]
-        loader = DataLoader(
-            ImageFiles(
-                inputs.root,
-                inputs.names,
-                max_pixels,
-                uint8=dev.type == "cuda",
-                # The model shrinks images to its input size anyway: let JPEGs decode at reduced
-                # scale down to it (annotated copies need full resolution).
-                fit=None if save_images else (net_input["size"], net_input["max_size"]),
-            ),
-            batch_sampler=plan,
-            num_workers=workers,
-            collate_fn=as_list,
-            pin_memory=dev.type == "cuda",
-            persistent_workers=False,
+        done, keep = _start(out, run_options, resume)
+        processed, loop_seconds = detect_files(
+            detector, inputs, jsonl, opts, out=out, resumed=(done, keep), progress=progress, should_stop=should_stop
         )
-        runner = _Runner(net, dev, half)
-        loop_started = time.perf_counter()
-        processed = _process(
-            runner, loader, inputs, out, (done, keep), stateful=stateful, save_images=save_images, progress=progress
-        )
-        loop_seconds = time.perf_counter() - loop_started
         counts = finalize(out, inputs.names)
-    finally:
-        _head_options(net, **previous)
     seconds = time.perf_counter() - started
+    summary = summary_record(
+        detector.identity, detector.model.classes, str(detector.device), inputs, opts, run_options, counts,
+        seconds=seconds, images_per_s=processed / loop_seconds if loop_seconds > 0 else 0.0,
+        resumed=sum(name in done for name in inputs.names),
+    )  # fmt: skip
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def detect_files(
+    detector: Detector,
+    inputs: Inputs,
+    jsonl: Path,
+    opts: DetectOptions,
+    *,
+    out: Path,
+    resumed: tuple[set[str], int] = (set(), 0),
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[int, float]:
+    """Detect ``inputs`` and append one line per file to ``jsonl``; call inside :func:`head_options`.
+
+    Args:
+        detector: The model to run (:func:`open_detector`).
+        inputs: The files, in input order (all of a run, or one shard of a job).
+        jsonl: The ``detections.jsonl`` lines go here.
+        opts: Run options.
+        out: The run's output folder (annotated copies go to ``out/images/``).
+        resumed: ``(done, keep)`` from :func:`~lstmdet.engine.writers.read_done`: files whose
+            lines are kept and the bytes of ``jsonl`` to keep.
+        progress: Show a progress bar.
+        should_stop: Checked between batches; True raises :class:`~lstmdet.errors.Cancelled`.
+
+    Returns:
+        ``(lines written, seconds of the loop)``.
+    """
+    stateful = opts.sequence and detector.model.stateful
+    net_input = detector.model.config["model"]["input"]
+    cuda = detector.device.type == "cuda"
+    loader = DataLoader(
+        ImageFiles(
+            inputs.root,
+            inputs.names,
+            opts.max_pixels,
+            uint8=cuda,
+            # The model shrinks images to its input size anyway: let JPEGs decode at reduced
+            # scale down to it (annotated copies need full resolution).
+            fit=None if opts.save_images else (net_input["size"], net_input["max_size"]),
+        ),
+        batch_sampler=Plan(inputs, opts.batch_size, resumed[0], by_video=stateful),
+        num_workers=opts.workers,
+        collate_fn=as_list,
+        pin_memory=cuda,
+        persistent_workers=False,
+    )
+    runner = _Runner(detector.model, detector.device, opts.half and cuda)
+    started = time.perf_counter()
+    written = _process(
+        runner, loader, inputs, jsonl, out, resumed,
+        stateful=stateful, save_images=opts.save_images, progress=progress, should_stop=should_stop,
+    )  # fmt: skip
+    return written, time.perf_counter() - started
+
+
+def summary_record(
+    identity: dict[str, Any],
+    classes: list[str],
+    device: str,
+    inputs: Inputs,
+    opts: DetectOptions,
+    run_options: dict[str, Any],
+    counts: dict[str, int],
+    *,
+    seconds: float,
+    images_per_s: float,
+    resumed: int,
+) -> dict[str, Any]:
+    """The ``summary.json`` dict of a finished run (see :func:`detect`).
+
+    Args:
+        identity: ``weights`` and ``weights_sha256`` (:attr:`Detector.identity`).
+        classes: The model's class names.
+        device: Where the model ran.
+        inputs: Every input of the run.
+        opts: Run options.
+        run_options: What ``options.json`` records.
+        counts: ``ok``, ``failed`` and ``detections`` from :func:`~lstmdet.engine.writers.finalize`.
+        seconds: Wall time of the run.
+        images_per_s: Throughput to report.
+        resumed: Lines kept from an earlier run.
+    """
     summary = {
         "images": len(inputs.names),
         **counts,
         "seconds": round(seconds, 3),
-        "images_per_s": round(processed / loop_seconds, 2) if loop_seconds > 0 else 0.0,
-        "resumed": sum(name in done for name in inputs.names),
+        "images_per_s": round(images_per_s, 2),
+        "resumed": resumed,
         **identity,
-        "classes": list(net.classes),
-        "device": str(dev),
-        **{k: v for k, v in options.items() if k != "weights_sha256"},
-        "workers": workers,
+        "classes": list(classes),
+        "device": str(device),
+        **{k: v for k, v in run_options.items() if k != "weights_sha256"},
+        "workers": opts.workers,
     }
-    if sequence:
+    if opts.sequence:
         summary["videos"] = len(set(inputs.videos or ()))
-    write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -358,12 +495,14 @@ def _process(
     runner: _Runner,
     loader: DataLoader,
     inputs: Inputs,
+    jsonl: Path,
     out: Path,
     resumed: tuple[set[str], int],
     *,
     stateful: bool,
     save_images: bool,
     progress: bool,
+    should_stop: Callable[[], bool] | None,
 ) -> int:
     """Run the loader's batches through the model and append the new lines; returns how many.
 
@@ -373,7 +512,7 @@ def _process(
     """
     done, keep = resumed
     classes = runner.model.classes
-    writer = JsonlAppender(out / DETECTIONS, keep)
+    writer = JsonlAppender(jsonl, keep)
     drawer = AnnotatedImageWriter(out) if save_images else None
     kept = sum(name in done for name in inputs.names)
     bar = tqdm(total=len(inputs.names), initial=kept, unit="img", desc="detect", disable=not progress, smoothing=0.1)
@@ -393,6 +532,8 @@ def _process(
                 if drawer is not None and "detections" in record:
                     drawer.submit(name, image, record["detections"])
             writer.flush()
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"detection of {inputs.root} was cancelled; {written} new lines kept in {jsonl}")
     finally:
         writer.close()
         bar.close()

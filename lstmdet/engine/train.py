@@ -7,7 +7,9 @@ metrics on the held-out split (``data.test``, else ``data.val``) computed with `
 
 Resuming restores model, optimiser, scheduler, AMP scaler, RNG state and epoch counters; data
 order and augmentation are functions of ``(seed, epoch, index)`` (see :mod:`lstmdet.engine.data`),
-so a resumed run continues exactly as an uninterrupted one would have.
+so a resumed run continues exactly as an uninterrupted one would have. A run stopped by
+``fit(should_stop=...)`` leaves a mid-epoch ``last.pt`` (batches done and the epoch's partial
+sums); resuming skips those batches without loading them and also continues exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def _no_partial() -> dict[str, Any]:
+    """The partial sums of an epoch before its first batch."""
+    return {"loss": 0.0, "images": 0, "seconds": 0.0}
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -142,12 +149,15 @@ class Trainer:
             self.train_data, batch_size=self.tcfg["batch_size"], shuffle=True, workers=workers, seed=seed,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
+        self.steps = len(self.loader)  # batches in a full epoch (the sampler starts at 0 here)
         self.model: LstmdetModel = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(self.model, self.tcfg)
-        self.scheduler = build_scheduler(self.optimizer, self.tcfg, self.tcfg["epochs"] * len(self.loader))
+        self.scheduler = build_scheduler(self.optimizer, self.tcfg, self.tcfg["epochs"] * self.steps)
         self.amp = self.tcfg["amp"] and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.best, self.best_epoch, self.stale, self.seconds = 0, float("-inf"), 0, 0, 0.0
+        # Mid-epoch position: batches done in the current epoch and their loss sum, images, seconds.
+        self.step, self.partial = 0, _no_partial()
         if resume:
             self._restore(last)
 
@@ -158,12 +168,21 @@ class Trainer:
         state = data["train_state"]
         if state is None:
             raise LstmdetError(f"cannot resume {path}: it holds no training state")
+        step, partial = int(state.get("step", 0)), state.get("partial") or {}
+        saved_batch = partial.get("batch_size", self.tcfg["batch_size"])
+        if step and saved_batch != self.tcfg["batch_size"]:
+            raise LstmdetError(
+                f"cannot resume {path}: it stopped mid-epoch after {step} batches of {saved_batch}, but "
+                f"train.batch_size is {self.tcfg['batch_size']}; resume with --set train.batch_size={saved_batch}"
+            )
         self.model.load_state_dict(data["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.stale, self.seconds = state["stale"], state["seconds"]
+        self.step = step
+        self.partial = {key: type(zero)(partial.get(key, zero)) for key, zero in _no_partial().items()}
         _set_rng_state(state["rng"])
 
     def _train_state(self) -> dict[str, Any]:
@@ -173,20 +192,37 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "stale": self.stale,
             "seconds": self.seconds,
+            "step": self.step,
+            "partial": {**self.partial, "batch_size": self.tcfg["batch_size"]},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
         }
 
-    def train_epoch(self) -> dict[str, float]:
-        """One pass over the training data; returns mean loss, images/s and seconds."""
+    def train_epoch(
+        self,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, float] | None:
+        """One pass over the training data, from batch ``self.step`` on (0 unless resumed mid-epoch).
+
+        Args:
+            should_stop: Asked after every optimisation step; when it returns True the mid-epoch
+                state goes to ``last.pt`` and the pass ends there.
+            on_progress: Called after every step with a ``phase="step"`` event (see :meth:`fit`).
+
+        Returns:
+            Mean loss, images/s and seconds of the whole epoch, or None when ``should_stop`` stopped it.
+        """
         self.model.train()
-        self.loader.sampler.set_epoch(self.epoch)
-        total_loss, images_seen, start = 0.0, 0, time.perf_counter()
+        batch_size, size = self.tcfg["batch_size"], len(self.train_data)
+        self.loader.sampler.set_epoch(self.epoch, start=self.step * batch_size)
+        total_loss, images_seen, before = self.partial["loss"], self.partial["images"], self.partial["seconds"]
+        start = time.perf_counter()
         bar = tqdm(
-            self.loader, desc=f"epoch {self.epoch + 1}/{self.tcfg['epochs']}", unit="batch",
-            disable=not self.tcfg["progress"], leave=False, dynamic_ncols=True,
+            self.loader, desc=f"epoch {self.epoch + 1}/{self.tcfg['epochs']}", unit="batch", initial=self.step,
+            total=self.steps, disable=not self.tcfg["progress"], leave=False, dynamic_ncols=True,
         )  # fmt: skip
         for images, targets in bar:
             images, targets = _to_device(images, targets, self.device)
@@ -206,45 +242,85 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            total_loss += loss.item() * len(images)
+            value = loss.item()
+            total_loss += value * len(images)
             images_seen += sum(1 if img.dim() == 3 else img.shape[0] for img in images)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{images_seen / max(elapsed, 1e-9):.1f}")
-        seconds = time.perf_counter() - start
+            self.step += 1
+            elapsed = before + time.perf_counter() - start
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{images_seen / max(elapsed, 1e-9):.1f}")
+            if on_progress is not None:
+                on_progress(self._event("step", total_loss / min(self.step * batch_size, size)))
+            if should_stop is not None and should_stop():
+                bar.close()
+                self.partial = {"loss": total_loss, "images": images_seen, "seconds": elapsed}
+                save_checkpoint(self.out / "last.pt", self.model, train_state=self._train_state())
+                return None
+        seconds = before + time.perf_counter() - start
+        self.step, self.partial = 0, _no_partial()
         return {
-            "loss": total_loss / max(1, len(self.train_data)),
+            "loss": total_loss / max(1, size),
             "images_per_s": images_seen / max(seconds, 1e-9),
             "seconds": seconds,
         }
+
+    def _event(self, phase: str, loss: float, **extra: Any) -> dict[str, Any]:
+        """A progress event: ``epoch`` is 1-based (the epoch running, or just finished for "epoch")."""
+        epoch = self.epoch + 1 if phase == "step" else self.epoch
+        step = self.step if phase == "step" else self.steps
+        return {"phase": phase, "epoch": epoch, "epochs": self.tcfg["epochs"], "step": step, "steps": self.steps,
+                "loss": loss, **extra}  # fmt: skip
 
     def _evaluate(self, split: str) -> dict[str, Any]:
         batch = self.tcfg["eval_batch_size"] or self.tcfg["batch_size"]
         return evaluate(self.model, self.eval_data[split], batch_size=batch, workers=self.tcfg["workers"])
 
-    def fit(self, max_epochs: int | None = None) -> dict[str, Any]:
+    def fit(
+        self,
+        max_epochs: int | None = None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Train the remaining epochs, then write ``summary.json``; returns the summary.
 
         Args:
             max_epochs: Stop after this many epochs in this call (``last.pt`` is then ready for
-                ``--resume``; no summary is written). Used to cut long jobs into pieces.
+                ``--resume``; no summary is written). Used to cut long jobs into pieces. An epoch
+                resumed mid-way counts as one.
+            should_stop: Asked after every optimisation step (e.g. a job's revoke flag; keep it
+                cheap). When it returns True, ``last.pt`` gets the mid-epoch state (resume continues
+                exactly), no ``metrics.jsonl`` line is written for the partial epoch, and ``fit`` returns.
+            on_progress: Called after every step with ``{"phase": "step", "epoch": E, "epochs": N,
+                "step": S, "steps": B, "loss": L}`` (``E`` the running epoch, 1-based; ``S`` of ``B``
+                batches done in it; ``L`` its running mean loss) and after every epoch with
+                ``phase="epoch"``, ``step=B``, the epoch's mean loss and ``"metric"`` (the validation
+                headline metric, or None without ``data.val``). Called on the training thread.
 
         Returns:
-            The summary, or ``{"finished": False, "epoch": N}`` when stopped by ``max_epochs``.
+            The summary; ``{"finished": False, "epoch": N}`` when stopped by ``max_epochs``;
+            ``{"finished": False, "epoch": N, "step": S, "stopped": True}`` when stopped by
+            ``should_stop`` (``N`` epochs completed, ``S`` batches done in the next).
         """
         task, metrics_path = self.cfg["task"], self.out / "metrics.jsonl"
         key = "accuracy" if task == "classify" else "map"
         stop_at = self.tcfg["epochs"] if max_epochs is None else min(self.tcfg["epochs"], self.epoch + max_epochs)
         while self.epoch < stop_at:
-            record = {"epoch": self.epoch + 1, **self.train_epoch(), "lr": self.optimizer.param_groups[0]["lr"]}
+            result = self.train_epoch(should_stop, on_progress)
+            if result is None:
+                print(f"stopped in epoch {self.epoch + 1} after batch {self.step}/{self.steps}; "
+                      f"{self.out / 'last.pt'} is ready for --resume", flush=True)  # fmt: skip
+                return {"finished": False, "epoch": self.epoch, "step": self.step, "stopped": True}
+            record = {"epoch": self.epoch + 1, **result, "lr": self.optimizer.param_groups[0]["lr"]}
             self.epoch += 1
             self.seconds += record["seconds"]
-            improved = True
+            improved, metric = True, None
             if "val" in self.eval_data:
                 val = self._evaluate("val")
                 record["val"] = {k: v for k, v in val.items() if isinstance(v, (int, float))}
-                improved = headline(val, task) > self.best
+                metric = headline(val, task)
+                improved = metric > self.best
                 if improved:
-                    self.best, self.best_epoch = headline(val, task), self.epoch
+                    self.best, self.best_epoch = metric, self.epoch
             self.stale = 0 if improved else self.stale + 1
             save_checkpoint(self.out / "last.pt", self.model, train_state=self._train_state())
             if improved:
@@ -253,6 +329,8 @@ class Trainer:
             shown = f" val {key} {record['val'][key]:.4f}" if "val" in record else ""
             print(f"epoch {self.epoch}/{self.tcfg['epochs']}: loss {record['loss']:.4f}{shown} "
                   f"({record['images_per_s']:.1f} img/s)", flush=True)  # fmt: skip
+            if on_progress is not None:
+                on_progress(self._event("epoch", record["loss"], metric=metric))
             if self.tcfg["patience"] is not None and self.stale >= self.tcfg["patience"]:
                 print(f"early stop: no improvement in {self.stale} epochs", flush=True)
                 break

@@ -11,6 +11,7 @@ from helpers import run_cli
 
 import lstmdet
 from lstmdet.checkpoint import read_checkpoint
+from lstmdet.engine.data import EpochSampler
 from lstmdet.engine.train import Trainer, prepare_config
 from lstmdet.errors import LstmdetError
 
@@ -139,3 +140,85 @@ def test_cli_train_then_eval(tmp_path):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and len(metrics["confusion"]) == 10
     bad = run_cli("train", str(path), "--out", str(tmp_path / "bad"), "--set", "train.optimizer=adam")
     assert bad.returncode == 2 and "train.optimizer" in bad.stderr and "adamw, sgd" in bad.stderr
+
+
+def _stop_after(*points: tuple[int, int]):
+    """A ``should_stop`` that says yes at each ``(epoch, step)`` in ``points`` (seen via on_progress)."""
+    seen: list[tuple[int, int]] = []
+
+    def on_progress(event: dict) -> None:
+        if event["phase"] == "step":
+            seen.append((event["epoch"], event["step"]))
+
+    return (lambda: bool(seen) and seen[-1] in points), on_progress
+
+
+def test_sampler_start_skips_the_first_items():
+    sampler = EpochSampler(10, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.set_epoch(2, start=4)
+    assert list(sampler) == full[4:] and len(sampler) == 6
+    sampler.set_epoch(2, start=99)
+    assert list(sampler) == [] and len(sampler) == 0
+    sampler.set_epoch(3)
+    assert len(sampler) == 10 and list(sampler) != full
+    with pytest.raises(ValueError, match="start"):
+        sampler.set_epoch(0, start=-1)
+
+
+def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """2 epochs straight == stopped at batch 3 and 6 (the last) of epoch 1 and 2 of epoch 2, resumed each time."""
+    config = mnist_config(epochs=2, batch_size=16)
+    config["data"]["train"]["images"] = 96  # 6 batches an epoch
+    config["data"]["val"]["images"] = 32
+    del config["data"]["test"]
+    events: list[dict] = []
+    straight = Trainer(prepare_config(config), tmp_path / "straight").fit(on_progress=events.append)
+    steps = [(e["epoch"], e["step"]) for e in events if e["phase"] == "step"]
+    assert steps == [(epoch, step) for epoch in (1, 2) for step in range(1, 7)]
+    assert all(e["epochs"] == 2 and e["steps"] == 6 and e["loss"] > 0 for e in events)
+    ends = [e for e in events if e["phase"] == "epoch"]
+    assert [(e["epoch"], e["step"]) for e in ends] == [(1, 6), (2, 6)]
+    assert ends[0]["loss"] == _losses(tmp_path / "straight")[0] and 0.0 <= ends[1]["metric"] <= 1.0
+    assert events.index(ends[0]) == 6  # the epoch event follows the epoch's last step
+
+    split = tmp_path / "split"
+    for stop, expected in [((1, 3), (0, 3)), ((1, 6), (0, 6)), ((2, 2), (1, 2))]:
+        should_stop, on_progress = _stop_after(stop)
+        result = Trainer(prepare_config(config), split, resume=(split / "last.pt").exists()).fit(
+            should_stop=should_stop, on_progress=on_progress
+        )
+        assert result == {"finished": False, "epoch": expected[0], "step": expected[1], "stopped": True}
+        state = read_checkpoint(split / "last.pt")["train_state"]
+        assert (state["epoch"], state["step"]) == expected
+        lines = len(_losses(split)) if (split / "metrics.jsonl").exists() else 0
+        assert lines == expected[0]  # no line for a partial epoch
+    assert not (split / "summary.json").exists()
+    with pytest.raises(LstmdetError, match=r"train\.batch_size=16"):
+        Trainer(prepare_config(config, ["train.batch_size=8"]), split, resume=True)
+    resumed = Trainer(prepare_config(config), split, resume=True).fit()
+
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(split / "last.pt")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert b["train_state"]["step"] == 0
+    assert _losses(tmp_path / "straight") == _losses(split) and len(_losses(split)) == 2
+    assert straight["metrics"] == resumed["metrics"]
+
+
+def test_resume_accepts_a_checkpoint_without_step(tmp_path):
+    """last.pt files written before mid-epoch stops existed (no "step"/"partial") still resume."""
+    config = mnist_config(epochs=2, batch_size=16)
+    config["data"]["train"]["images"] = 32
+    config["data"]["val"]["images"] = 16
+    del config["data"]["test"]
+    assert Trainer(prepare_config(config), tmp_path).fit(max_epochs=1) == {"finished": False, "epoch": 1}
+    data = torch.load(tmp_path / "last.pt", weights_only=True)
+    del data["train_state"]["step"], data["train_state"]["partial"]
+    torch.save(data, tmp_path / "last.pt")
+    trainer = Trainer(prepare_config(config), tmp_path, resume=True)
+    assert (trainer.epoch, trainer.step, trainer.partial["loss"]) == (1, 0, 0.0)
+    assert trainer.fit()["epochs"] == 2

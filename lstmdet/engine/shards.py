@@ -1,0 +1,239 @@
+"""Sharded batch detection: one folder split into pieces that any process can take, then merged.
+
+This is how a queued ``detect`` job runs on many workers; each step is idempotent, so a step that
+runs twice (a redelivered task) changes nothing:
+
+1. :func:`plan_shards` lists SRC once and writes ``OUT/.lstmdet-shards/plan.json``: the files in
+   input order, the shard boundaries, the options and the run's identity (weights SHA-256,
+   thresholds). Shards are whole batches (whole videos for a stateful model in sequence mode), so
+   every image meets the same batch mates as in an in-process run.
+2. :func:`run_shard` detects one shard into ``shard-NNNNN.jsonl`` (written under a temporary name
+   and renamed) and then writes ``shard-NNNNN.json``, the marker that the shard is done. A done
+   shard is never run again.
+3. :func:`merge_shards` joins the shard files in order into ``detections.jsonl`` and writes
+   ``images.json``, ``coco_results.json``, ``options.json`` and ``summary.json`` exactly as
+   :func:`lstmdet.engine.detect.detect` does, then removes the shard folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lstmdet.engine.detect import DetectOptions, Detector, detect_files, head_options, summary_record
+from lstmdet.engine.detect_inputs import Inputs, list_inputs
+from lstmdet.engine.writers import DETECTIONS, OPTIONS, SUMMARY, atomic_open, finalize, write_json
+from lstmdet.errors import LstmdetError
+
+#: Folder inside OUT that holds the plan and the finished shards until the merge.
+SHARDS = ".lstmdet-shards"
+PLAN = "plan.json"
+
+
+@dataclass
+class ShardPlan:
+    """What ``plan.json`` holds.
+
+    Attributes:
+        job: The job that owns the output folder.
+        root: The folder the file names are relative to.
+        names: Every input file, in input order.
+        videos: Sequence mode: each file's video; else ``None``.
+        frames: Sequence mode: each file's frame index; else ``None``.
+        shards: ``[start, stop)`` index ranges into ``names``.
+        options: :class:`DetectOptions` as JSON.
+        run_options: What ``options.json`` records (weights SHA-256, effective thresholds...).
+        identity: ``weights`` and ``weights_sha256`` of the model.
+        classes: The model's class names.
+        device: The device the plan was made on.
+        started: Wall-clock time (``time.time()``) the job started.
+    """
+
+    job: str
+    root: str
+    names: list[str]
+    videos: list[str] | None
+    frames: list[int] | None
+    shards: list[list[int]]
+    options: dict[str, Any]
+    run_options: dict[str, Any]
+    identity: dict[str, Any]
+    classes: list[str]
+    device: str
+    started: float
+
+    def inputs(self, index: int | None = None) -> Inputs:
+        """The inputs of shard ``index`` (all inputs when ``None``)."""
+        start, stop = (0, len(self.names)) if index is None else self.shards[index]
+        cut = slice(start, stop)
+        videos = self.videos[cut] if self.videos is not None else None
+        frames = self.frames[cut] if self.frames is not None else None
+        return Inputs(Path(self.root), self.names[cut], videos, frames)
+
+
+def shard_folder(out: str | Path) -> Path:
+    """Where the plan and the shard files of ``out`` live."""
+    return Path(out) / SHARDS
+
+
+def _shard_files(out: Path, index: int) -> tuple[Path, Path]:
+    folder = shard_folder(out)
+    return folder / f"shard-{index:05d}.jsonl", folder / f"shard-{index:05d}.json"
+
+
+def _split(inputs: Inputs, batch_size: int, shard_size: int, whole_videos: bool) -> list[list[int]]:
+    """``[start, stop)`` ranges of about ``shard_size`` files, cut between batches (or videos)."""
+    n = len(inputs.names)
+    if whole_videos and inputs.videos is not None:
+        bounds, start = [], 0
+        for i in range(1, n + 1):
+            if i == n or (inputs.videos[i] != inputs.videos[i - 1] and i - start >= shard_size):
+                bounds.append([start, i])
+                start = i
+        return bounds
+    step = max(1, -(-shard_size // batch_size)) * batch_size
+    return [[start, min(start + step, n)] for start in range(0, n, step)]
+
+
+def load_plan(out: str | Path) -> ShardPlan | None:
+    """The plan of ``out``, or ``None`` when there is none."""
+    path = shard_folder(out) / PLAN
+    if not path.is_file():
+        return None
+    return ShardPlan(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def plan_shards(
+    src: str | Path,
+    out: str | Path,
+    detector: Detector,
+    opts: DetectOptions,
+    *,
+    shard_size: int = 64,
+    job: str = "",
+) -> ShardPlan:
+    """List SRC and write the shard plan into ``out`` (kept as it is when ``job`` already made one).
+
+    Args:
+        src: Image file or folder (as for :func:`~lstmdet.engine.detect.detect`).
+        out: Output folder.
+        detector: The model the shards will run (its identity is recorded and checked).
+        opts: Run options.
+        shard_size: Files per shard (rounded up to whole batches; whole videos for a stateful model
+            in sequence mode).
+        job: The owning job's id.
+
+    Raises:
+        LstmdetError: ``out`` already holds detections or another job's plan; SRC has no images.
+    """
+    out = Path(out)
+    if shard_size < 1:
+        raise LstmdetError(f"shard_size must be >= 1, got {shard_size}")
+    existing = load_plan(out)
+    if existing is not None:
+        if existing.job != job:
+            raise LstmdetError(f"{out} is the output of another job ({existing.job}); choose another --out")
+        return existing
+    if (out / DETECTIONS).exists():
+        raise LstmdetError(f"{out} already holds detections ({DETECTIONS}); choose another --out")
+    inputs = list_inputs(src, out, sequence=opts.sequence)
+    with head_options(detector, opts) as run_options:
+        pass
+    stateful = opts.sequence and detector.model.stateful
+    plan = ShardPlan(
+        job=job, root=str(inputs.root), names=inputs.names, videos=inputs.videos, frames=inputs.frames,
+        shards=_split(inputs, opts.batch_size, shard_size, stateful), options=opts.to_json(),
+        run_options=run_options, identity=dict(detector.identity), classes=list(detector.model.classes),
+        device=str(detector.device), started=time.time(),
+    )  # fmt: skip
+    shard_folder(out).mkdir(parents=True, exist_ok=True)
+    write_json(shard_folder(out) / PLAN, asdict(plan))
+    return plan
+
+
+def shards_done(out: str | Path, plan: ShardPlan) -> list[int]:
+    """Indices of the finished shards."""
+    return [i for i in range(len(plan.shards)) if _shard_files(Path(out), i)[1].is_file()]
+
+
+def run_shard(
+    out: str | Path,
+    plan: ShardPlan,
+    index: int,
+    detector: Detector,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Detect shard ``index`` of ``plan`` unless it is done; returns its record.
+
+    Returns:
+        ``{"shard", "files", "seconds", "skipped"}``; ``skipped`` is True when the shard was already
+        done (its file is not touched).
+
+    Raises:
+        LstmdetError: The model's weights or thresholds differ from the plan's.
+        Cancelled: ``should_stop`` returned True; the shard leaves no file behind.
+    """
+    out = Path(out)
+    jsonl, marker = _shard_files(out, index)
+    if marker.is_file():
+        return {**json.loads(marker.read_text(encoding="utf-8")), "skipped": True}
+    opts = DetectOptions.from_json(plan.options)
+    tmp = jsonl.with_name(f".{jsonl.name}.{os.getpid()}.tmp")
+    try:
+        with head_options(detector, opts) as run_options:
+            if run_options != plan.run_options:
+                raise LstmdetError(
+                    f"shard {index} of {out} would run with other weights or options than the job's plan "
+                    f"({run_options} vs {plan.run_options}); was the checkpoint replaced during the job?"
+                )
+            written, seconds = detect_files(detector, plan.inputs(index), tmp, opts, out=out, should_stop=should_stop)
+        os.replace(tmp, jsonl)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = {"shard": index, "files": written, "seconds": round(seconds, 3)}
+    write_json(marker, record)
+    return {**record, "skipped": False}
+
+
+def merge_shards(out: str | Path) -> dict[str, Any]:
+    """Join the finished shards of ``out`` into the final files; returns the summary.
+
+    The files equal those an in-process :func:`~lstmdet.engine.detect.detect` run writes; in
+    ``summary.json`` ``seconds`` is the job's wall time from planning to merge and
+    ``images_per_s`` the images over that time. A merge that already happened returns the
+    existing summary.
+
+    Raises:
+        LstmdetError: No plan, or some shards are not done.
+    """
+    out = Path(out)
+    plan = load_plan(out)
+    if plan is None:
+        if (out / SUMMARY).is_file() and (out / DETECTIONS).is_file():
+            return json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+        raise LstmdetError(f"{out} holds no shard plan to merge")
+    missing = sorted(set(range(len(plan.shards))) - set(shards_done(out, plan)))
+    if missing:
+        raise LstmdetError(f"cannot merge {out}: shards {missing[:10]} of {len(plan.shards)} are not done")
+    with atomic_open(out / DETECTIONS, "wb") as dst:
+        for index in range(len(plan.shards)):
+            with _shard_files(out, index)[0].open("rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    write_json(out / OPTIONS, plan.run_options)
+    counts = finalize(out, plan.names)
+    seconds = time.time() - plan.started
+    opts = DetectOptions.from_json(plan.options)
+    summary = summary_record(
+        plan.identity, plan.classes, plan.device, plan.inputs(), opts, plan.run_options, counts,
+        seconds=seconds, images_per_s=len(plan.names) / seconds if seconds > 0 else 0.0, resumed=0,
+    )  # fmt: skip
+    write_json(out / SUMMARY, summary)
+    shutil.rmtree(shard_folder(out), ignore_errors=True)
+    return summary

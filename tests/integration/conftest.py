@@ -1,0 +1,63 @@
+"""Fixtures of the integration tests: a third-party plugin installed the way pip installs one."""
+
+from __future__ import annotations
+
+import pytest
+
+PLUGIN_SOURCE = '''
+"""A GRU sweep encoder and a tiny backbone, registered the way any third party would."""
+import torch
+from torch import nn
+
+from lstmdet import FeatureInfo, hookimpl
+
+
+class GRURowSweep(nn.Module):
+    """(B, T, C, H, W) -> (B, T, hidden, H, W): a GRU along each row."""
+
+    def __init__(self, in_channels, hidden=16):
+        super().__init__()
+        self.out_channels = hidden
+        self.gru = nn.GRU(in_channels, hidden, batch_first=True)
+
+    def forward(self, x, state=None):
+        b, t, c, h, w = x.shape
+        rows = x.reshape(b * t, c, h, w).permute(0, 2, 3, 1).reshape(b * t * h, w, c)
+        y, _ = self.gru(rows)
+        return y.reshape(b, t, h, w, -1).permute(0, 1, 4, 2, 3), None
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.feature_info = [FeatureInfo("c1", width, 2)]
+
+    def forward(self, x):
+        return {"c1": torch.relu(self.conv(x))}
+
+
+@hookimpl
+def lstmdet_register_encoders(registry):
+    registry.add("gru_sweep", GRURowSweep)
+
+
+@hookimpl
+def lstmdet_register_backbones(registry):
+    registry.add("tiny_cnn", TinyCNN)
+'''
+
+
+@pytest.fixture()
+def plugin_site(tmp_path):
+    site = tmp_path / "site"
+    package = site / "lstmdet_gru_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(PLUGIN_SOURCE)
+    dist_info = site / "lstmdet_gru_plugin-0.3.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: lstmdet-gru-plugin\nVersion: 0.3\n")
+    (dist_info / "entry_points.txt").write_text("[lstmdet]\ngru = lstmdet_gru_plugin\n")
+    (dist_info / "INSTALLER").write_text("pip\n")
+    (dist_info / "RECORD").write_text("")
+    return site

@@ -1,0 +1,122 @@
+"""Real parts for the queue tests: a ``redis-server`` on a free loopback port and ``lstmdet worker`` processes.
+
+Nothing is faked: the server is the ``redis-server`` binary (installed by ``.ci/run`` when
+missing), the workers are the ``lstmdet worker`` console script, and faults are real signals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from helpers import LSTMDET_BIN
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str, every: float = 0.1) -> object:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class RedisServer:
+    """A private ``redis-server`` (AOF with fsync on every write, so a restart loses nothing).
+
+    Args:
+        folder: Its working folder (AOF files).
+        password: ``requirepass``, or ``None``.
+    """
+
+    def __init__(self, folder: Path, password: str | None = None) -> None:
+        self.folder, self.password, self.port = folder, password, free_port()
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def url(self, db: int = 0, password: str | None = None) -> str:
+        secret = password if password is not None else self.password
+        return f"redis://{f':{secret}@' if secret else ''}127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> RedisServer:
+        argv = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "always", "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, 20, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        done = subprocess.run(["redis-cli", "-p", str(self.port), *auth, "ping"], capture_output=True, text=True)
+        return done.stdout.strip() == "PONG"
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: only what the AOF holds survives)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class Worker:
+    """An ``lstmdet worker`` process group (supervisor, Celery main process, pool processes).
+
+    Args:
+        env: The full environment (broker URL, data roots, limits).
+        log: File that receives the worker's output.
+        args: Extra ``lstmdet worker`` arguments.
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+        self.log = log
+        self._file = log.open("ab")
+        self.process = subprocess.Popen(
+            [str(LSTMDET_BIN), "worker", "--queues", "cpu", "--loglevel", "INFO", *args],
+            env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 90) -> Worker:
+        """Wait for Celery's ``ready.`` line."""
+        wait_for(lambda: b"ready." in self.log.read_bytes() or self.process.poll() is not None, timeout, "worker ready")
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL every process of the worker at once (a crashed host): nothing gets acknowledged."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self._file.close()
+
+    def stop(self) -> None:
+        """SIGTERM (a warm shutdown), then SIGKILL whatever is left."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._file.close()

@@ -1,0 +1,283 @@
+"""Queued jobs through a real ``redis-server`` and real ``lstmdet worker`` processes, faults included.
+
+Every test talks to its own server on a free loopback port. Workers run with short time limits and
+a short visibility timeout, so a task lost with a killed worker comes back within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, run_cli
+from queue_harness import RedisServer, Worker, wait_for
+
+import lstmdet
+from lstmdet.checkpoint import read_checkpoint
+from lstmdet.workers.client import JobClient
+from lstmdet.workers.settings import Settings
+from lstmdet.workers.store import BrokerUnavailable
+
+pytestmark = pytest.mark.redis
+
+SHARED = ROOT.parent / "shared" / "data"
+FINAL = ("detections.jsonl", "images.json", "coco_results.json", "options.json")
+TIMING = ("seconds", "images_per_s")
+DETECT = {"workers": 0, "batch_size": 2}  # no loader processes: small and deterministic
+
+
+class Queue:
+    """A server, the environment pointing at it, a client and the workers started (stopped at the end)."""
+
+    def __init__(
+        self, folder: Path, *, password: str | None = None, pythonpath: Path | None = None, data: Path | None = None,
+        **limits: int,
+    ) -> None:  # fmt: skip
+        self.folder = folder
+        self.server = RedisServer(folder / "redis", password=password).start()
+        self.env = {
+            **os.environ,
+            "LSTMDET_BROKER_URL": self.server.url(0),
+            "LSTMDET_RESULT_URL": self.server.url(1),
+            "LSTMDET_DATA_ROOTS": ":".join(str(p) for p in (folder, data, SHARED) if p is not None),
+            "LSTMDET_SOFT_TIME_LIMIT": str(limits.get("soft", 20)),
+            "LSTMDET_TIME_LIMIT": str(limits.get("hard", 25)),
+            "LSTMDET_VISIBILITY_TIMEOUT": str(limits.get("visibility", 30)),
+            # Floating-point sums depend on the thread count: run like the in-process reference.
+            "LSTMDET_TORCH_THREADS": "1",
+        }
+        if pythonpath is not None:
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
+        self.client = JobClient(Settings.from_env(self.env))
+        self.workers: list[Worker] = []
+
+    def worker(self, *args: str, ready: bool = True) -> Worker:
+        worker = Worker(self.env, self.folder / f"worker{len(self.workers)}.log", *args)
+        self.workers.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    def progress(self, job: str) -> int:
+        return (self.client.status(job).get("progress") or {}).get("shards_done", 0)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """160 generated digit scenes (128 px), shared by the module's tests (read only)."""
+    root = tmp_path_factory.mktemp("queue-data")
+    done = run_cli("data", "digits-det", str(root / "scenes"), "--images", "160", "--seed", "4", "--split", "test")
+    assert done.returncode == 0, done.stderr
+    return root / "scenes" / "images"
+
+
+@pytest.fixture(scope="module")
+def reference(scenes, tmp_path_factory) -> Path:
+    """The in-process run that every queued detect of ``scenes`` must equal."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lstmdet.detect(scenes, out, progress=False, **DETECT)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def queue(scenes, tmp_path_factory):
+    """A server and one worker with two pool processes, shared by the tests that kill nothing."""
+    q = Queue(scenes.parent.parent)
+    q.worker("--concurrency", "2")
+    yield q
+    q.close()
+
+
+def assert_same_files(out: Path, reference: Path) -> None:
+    for name in FINAL:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (out, reference)]
+    assert [{k: v for k, v in s.items() if k not in TIMING} for s in summaries[:1]] == [
+        {k: v for k, v in s.items() if k not in TIMING} for s in summaries[1:]
+    ]
+    files = [json.loads(line)["file"] for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert len(files) == len(set(files)) == summaries[1]["images"]  # every image exactly once
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FINAL, "summary.json"])
+
+
+def test_queued_detect_equals_in_process(queue, scenes, reference):
+    out = scenes.parent.parent / "queued"
+    job = queue.client.submit_detect(scenes, out, shard_size=24, **DETECT)
+    record = queue.client.wait(job, timeout=120)
+    assert record["state"] == "succeeded", record
+    assert record["progress"] == {"shards_done": 7, "shards": 7, "images": 160}
+    assert record["result"]["images"] == 160
+    assert_same_files(out, reference)
+    listed = run_cli("jobs", "list", "--json", env=queue.env)
+    assert job in [r["id"] for r in json.loads(listed.stdout)]
+    status = run_cli("jobs", "status", job, env=queue.env)
+    assert status.returncode == 0 and "succeeded" in status.stdout and "shards 7/7" in status.stdout
+
+
+def test_paths_outside_the_roots_are_refused_at_submit_and_by_the_worker(queue, scenes, tmp_path):
+    done = run_cli("submit", "detect", str(tmp_path), "--out", str(scenes.parent / "x"), env=queue.env)
+    assert done.returncode == 2 and "outside the allowed data roots" in done.stderr
+    link = scenes.parent.parent / "escape"
+    link.symlink_to(tmp_path)  # inside a root by name, outside once resolved
+    done = run_cli("submit", "detect", str(scenes), "--out", str(link / "out"), env=queue.env)
+    assert done.returncode == 2 and "outside the allowed data roots" in done.stderr
+    # a spec that reaches Redis without the client's check is refused by the worker itself
+    spec = {"src": str(tmp_path), "out": str(scenes.parent.parent / "sneaky"), "weights": None, "options": {}}
+    queue.client.store.create("sneaky-job", "detect", "cpu", spec)
+    queue.client.app.send_task("lstmdet.detect", args=["sneaky-job", spec], task_id="sneaky-job", queue="cpu")
+    record = queue.client.wait("sneaky-job", timeout=60)
+    assert record["state"] == "failed" and "refused by the worker" in record["error"], record
+    assert not (scenes.parent.parent / "sneaky").exists()
+
+
+def test_cancel_ends_the_job_without_final_files(queue, scenes):
+    out = scenes.parent.parent / "cancelled"
+    job = queue.client.submit_detect(scenes, out, shard_size=8, workers=0, batch_size=1)
+    wait_for(lambda: queue.progress(job) >= 1, 60, "a first shard", every=0.02)
+    queue.client.cancel(job)
+    record = queue.client.wait(job, timeout=60)
+    assert record["state"] == "cancelled", record
+    assert 0 < record["progress"]["shards_done"] < 20
+    time.sleep(1.0)  # shards already running notice the flag at their next batch
+    assert not any((out / name).exists() for name in [*FINAL, "summary.json"])
+    waited = run_cli("jobs", "wait", job, env=queue.env)
+    assert waited.returncode == 1 and "cancelled" in waited.stdout
+    again = run_cli("jobs", "cancel", job, env=queue.env)  # an ended job stays as it ended
+    assert again.returncode == 0 and "cancelled" in again.stdout
+
+
+def test_a_hundred_small_jobs_all_complete_once(queue, scenes):
+    src = scenes.parent.parent / "pair"
+    src.mkdir()
+    for name in sorted(p.name for p in scenes.iterdir())[:2]:
+        (src / name).write_bytes((scenes / name).read_bytes())
+    outs = {queue.client.submit_detect(src, src.parent / "many" / f"{i:03d}", **DETECT): i for i in range(100)}
+    records = {job: queue.client.wait(job, timeout=300) for job in outs}
+    assert [r["state"] for r in records.values()].count("succeeded") == 100, [r.get("error") for r in records.values()]
+    redis = queue.client.store.redis
+    for job, i in outs.items():
+        lines = (src.parent / "many" / f"{i:03d}" / "detections.jsonl").read_text().splitlines()
+        assert sorted(json.loads(line)["file"] for line in lines) == sorted(p.name for p in src.iterdir())
+        assert redis.get(f"lstmdet:deliveries:{job}:0") == "1"  # each job's first task ran exactly once
+
+
+def test_worker_killed_mid_detect_then_a_new_worker_completes_the_job(scenes, reference, tmp_path):
+    q = Queue(scenes.parent.parent / "killed", data=scenes.parent, soft=4, hard=5, visibility=6)
+    try:
+        worker = q.worker()
+        out = q.folder / "out"
+        job = q.client.submit_detect(scenes, out, shard_size=8, **DETECT)
+        wait_for(lambda: q.progress(job) >= 3, 90, "three shards", every=0.02)
+        worker.kill()  # SIGKILL: supervisor, Celery main process and pool process at once
+        record = q.client.status(job)
+        assert record["state"] == "running" and record["progress"]["shards_done"] < 20, record
+        q.worker()
+        record = q.client.wait(job, timeout=120)
+        assert record["state"] == "succeeded", record
+        assert_same_files(out, reference)
+    finally:
+        q.close()
+
+
+def test_redis_restarted_mid_job_with_aof_the_job_completes(scenes, reference):
+    q = Queue(scenes.parent.parent / "restart", data=scenes.parent, soft=8, hard=10, visibility=12)
+    try:
+        q.worker()
+        out = q.folder / "out"
+        job = q.client.submit_detect(scenes, out, shard_size=8, **DETECT)
+        wait_for(lambda: q.progress(job) >= 3, 90, "three shards", every=0.02)
+        q.server.kill()
+        time.sleep(1.0)
+        q.server.start()  # same port and folder: the AOF brings back queues, unacked tasks and job records
+        record = wait_for(lambda: (r := q.client.status(job))["state"] in ("succeeded", "failed") and r, 180, "the job")
+        assert record["state"] == "succeeded", record
+        assert_same_files(out, reference)
+    finally:
+        q.close()
+
+
+def test_redis_down_at_submit_fails_clearly_and_fast(scenes):
+    env = {**os.environ, "LSTMDET_BROKER_URL": "redis://127.0.0.1:9/0", "LSTMDET_DATA_ROOTS": str(scenes.parent)}
+    started = time.monotonic()
+    done = run_cli("submit", "detect", str(scenes), "--out", str(scenes.parent / "never"), env=env)
+    assert time.monotonic() - started < 60
+    assert done.returncode == 2 and "cannot reach Redis at redis://127.0.0.1:9/0" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_password_protected_redis(scenes, tmp_path):
+    q = Queue(scenes.parent.parent / "secured", data=scenes.parent, password="s3cret-pass")
+    try:
+        q.worker()
+        job = q.client.submit_detect(scenes / sorted(os.listdir(scenes))[0], q.folder / "out", **DETECT)
+        assert q.client.wait(job, timeout=60)["state"] == "succeeded"
+        wrong = {
+            **q.env,
+            "LSTMDET_BROKER_URL": q.server.url(0, "wrong"),
+            "LSTMDET_RESULT_URL": q.server.url(1, "wrong"),
+        }
+        with pytest.raises(BrokerUnavailable, match="refused the credentials") as caught:
+            JobClient(Settings.from_env(wrong)).submit_detect(scenes, q.folder / "out2", **DETECT)
+        assert "wrong" not in str(caught.value)  # the password is never printed
+        done = run_cli("jobs", "list", env=wrong)
+        assert done.returncode == 2 and "refused the credentials" in done.stderr
+    finally:
+        q.close()
+
+
+def _train_config(tmp_path: Path) -> dict:
+    return {
+        "task": "classify",
+        "model": {
+            "input": {"size": 28, "mean": [0.13] * 3, "std": [0.31] * 3},
+            "backbone": {"name": "tiny_cnn", "width": 8},
+            "encoder": {"name": "gru_sweep", "hidden": 16},
+            "head": {"name": "classifier", "num_classes": 10},
+        },
+        "data": {"train": {"name": "mnist_idx", "split": "train", "images": 1536},
+                 "val": {"name": "mnist_idx", "split": "val", "images": 200}},
+        "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "workers": 0, "progress": False, "seed": 3},
+    }  # fmt: skip
+
+
+def test_queued_train_with_a_plugin_runs_in_pieces_and_equals_in_process(plugin_site, tmp_path):
+    """A soft time limit of 1 s cuts the job; each piece checkpoints mid-epoch and the next resumes."""
+    q = Queue(tmp_path, pythonpath=plugin_site, soft=1, hard=30, visibility=40)
+    try:
+        q.worker()
+        job = q.client.submit_train(_train_config(tmp_path), tmp_path / "queued")
+        seen = set()
+        while (record := q.client.status(job))["state"] not in ("succeeded", "failed", "cancelled"):
+            if record.get("progress"):
+                seen.add((record["progress"]["epoch"], record["progress"]["step"]))
+            time.sleep(0.2)
+        assert record["state"] == "succeeded", record
+        assert record["result"]["epochs"] == 4 and record["result"]["metrics"]["accuracy"] > 0.2  # chance: 0.1
+        assert len({epoch for epoch, _ in seen}) >= 2  # progress moved through epochs
+        assert record["result"]["continued"] >= 1  # cut by the soft limit, checkpointed, continued
+        log = "".join(w.log.read_text() for w in q.workers)
+        assert log.count("soft time limit at epoch") == record["result"]["continued"], log[-3000:]
+        sys.path.insert(0, str(plugin_site))
+        torch.set_num_threads(1)  # as the worker (LSTMDET_TORCH_THREADS=1)
+        try:
+            lstmdet.train(_train_config(tmp_path), tmp_path / "direct")
+        finally:
+            sys.path.remove(str(plugin_site))
+        queued = read_checkpoint(tmp_path / "queued" / "last.pt")["state_dict"]
+        direct = read_checkpoint(tmp_path / "direct" / "last.pt")["state_dict"]
+        assert all(torch.equal(queued[k], direct[k]) for k in direct)
+    finally:
+        q.close()

@@ -1,0 +1,170 @@
+"""The job client: submit jobs, follow them, cancel them (``lstmdet submit`` and ``lstmdet jobs``).
+
+```python
+from lstmdet.workers.client import JobClient
+
+client = JobClient()                                   # settings from LSTMDET_* variables
+job = client.submit_detect("/data/photos", "/data/out/photos", shard_size=64)
+client.wait(job)["state"]                              # 'succeeded'
+```
+
+A job id is printed (returned) before anything else happens, so a caller can always follow or
+cancel what it started. Submitting checks the spec and its paths against the data roots first, so
+a bad job never reaches the queue; a worker checks again before it runs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lstmdet.errors import LstmdetError
+from lstmdet.workers.settings import QUEUES, Settings
+from lstmdet.workers.specs import validate_spec
+from lstmdet.workers.store import FINAL, JobStore, explain
+
+#: Task that starts each kind of job.
+FIRST_TASK = {"train": "lstmdet.train", "detect": "lstmdet.detect", "eval": "lstmdet.eval"}
+
+
+class JobClient:
+    """Submits and follows jobs.
+
+    Args:
+        settings: Broker, result store and data roots (default: from the environment).
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.store = JobStore(self.settings.result_url, expires=self.settings.result_expires, retries=2)
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        """The Celery app used to publish (created on first use)."""
+        if self._app is None:
+            from lstmdet.workers.app import create_app
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    def _queue(self, kind: str, spec: dict[str, Any], queue: str | None) -> str:
+        if queue is not None:
+            if queue not in QUEUES:
+                raise LstmdetError(f"unknown queue {queue!r}; use one of {', '.join(QUEUES)}")
+            return queue
+        device = spec.get("options", {}).get("device") if kind == "detect" else spec.get("device")
+        if kind == "train":
+            device = spec["config"]["train"]["device"]
+        if isinstance(device, str) and device.startswith("cuda"):
+            return "gpu"
+        if device == "cpu":
+            return "cpu"
+        return self.settings.default_queue
+
+    def submit(self, kind: str, spec: dict[str, Any], *, queue: str | None = None) -> str:
+        """Check ``spec``, record the job and queue it; returns the job id.
+
+        Args:
+            kind: ``train``, ``detect`` or ``eval``.
+            spec: The job spec (see :mod:`lstmdet.workers.specs`).
+            queue: ``gpu`` or ``cpu``; default: ``gpu`` when the spec asks for a CUDA device,
+                ``cpu`` when it asks for the CPU, else ``LSTMDET_DEFAULT_QUEUE``.
+
+        Raises:
+            LstmdetError: A bad spec, or a path outside the data roots.
+            BrokerUnavailable: Redis cannot be reached (after a few seconds) or refused the password.
+        """
+        spec = validate_spec(kind, spec, self.settings.data_roots)
+        queue = self._queue(kind, spec, queue)
+        job_id = str(uuid.uuid4())
+        self.store.create(job_id, kind, queue, spec)
+        try:
+            self.app.send_task(FIRST_TASK[kind], args=[job_id, spec], task_id=job_id, queue=queue)
+        except Exception as exc:  # kombu's OperationalError and friends, after the bounded retries
+            error = explain(exc, self.settings.broker_url)
+            self.store.finish(job_id, "failed", error=f"could not be queued: {error}")
+            raise error from None
+        return job_id
+
+    def submit_train(
+        self,
+        config: dict[str, Any] | str | Path,
+        out: str | Path,
+        *,
+        overrides: Sequence[str] = (),
+        resume: bool = False,
+        queue: str | None = None,
+    ) -> str:
+        """Queue ``lstmdet train CONFIG --out OUT``; the config is read here and travels in the job."""
+        from lstmdet.engine.train import prepare_config
+
+        return self.submit("train", {"config": prepare_config(config, overrides), "out": str(out),
+                                     "resume": resume}, queue=queue)  # fmt: skip
+
+    def submit_detect(
+        self,
+        src: str | Path,
+        out: str | Path,
+        weights: str | Path | None = None,
+        *,
+        shard_size: int = 64,
+        queue: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Queue ``lstmdet detect SRC --out OUT``; ``options`` as for :func:`lstmdet.detect`."""
+        spec = {"src": str(src), "out": str(out), "weights": None if weights is None else str(weights),
+                "options": options, "shard_size": shard_size}  # fmt: skip
+        return self.submit("detect", spec, queue=queue)
+
+    def submit_eval(
+        self,
+        weights: str | Path,
+        *,
+        data: dict[str, Any] | None = None,
+        out: str | Path | None = None,
+        batch_size: int = 16,
+        device: str = "auto",
+        queue: str | None = None,
+    ) -> str:
+        """Queue ``lstmdet eval --weights CKPT``."""
+        spec = {"weights": str(weights), "data": data, "out": None if out is None else str(out),
+                "batch_size": batch_size, "device": device}  # fmt: skip
+        return self.submit("eval", spec, queue=queue)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """The job's record: ``state``, ``progress``, ``result``, ``error``, times, spec.
+
+        Raises:
+            LstmdetError: Unknown (or expired) job id.
+        """
+        record = self.store.get(job_id)
+        if record is None:
+            raise LstmdetError(f"no job {job_id} (unknown, or expired); `lstmdet jobs list` shows the known jobs")
+        return record
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest jobs, newest first."""
+        return self.store.list(limit)
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 0.25) -> dict[str, Any]:
+        """Block until the job ends; returns its record.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.status(job_id)
+            if record["state"] in FINAL:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {record['state']} after {timeout} s")
+            time.sleep(poll)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Ask the job to stop; a queued job ends at once, a running one at its next batch or step."""
+        return self.store.request_cancel(job_id)

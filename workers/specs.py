@@ -1,0 +1,140 @@
+"""Job specs: the JSON a job carries, validated, with every path checked against the data roots.
+
+A spec is checked twice: by the client before it is queued and by the worker before it runs, so a
+spec that reached Redis some other way is refused too. Every path (inputs, outputs, weights, the
+data paths inside a training config) must resolve, after following symbolic links, inside one of
+``LSTMDET_DATA_ROOTS``; paths are stored resolved, so a worker on another host with the same
+mounts reads exactly what was checked.
+
+Specs by kind:
+
+* ``train``: ``{"config": {...}, "out": DIR, "resume": false}``: the config as a dict (read and
+  ``--set`` applied by the client), so the worker needs no config file.
+* ``detect``: ``{"src": DIR, "out": DIR, "weights": CKPT or null, "options": {DetectOptions},
+  "shard_size": 64}``.
+* ``eval``: ``{"weights": CKPT, "data": {...} or null, "out": FILE or null, "batch_size": 16,
+  "device": "auto"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lstmdet.errors import LstmdetError
+
+KINDS = ("train", "detect", "eval")
+#: Keys of dataset options whose string values are file or folder paths.
+DATA_PATH_KEYS = frozenset({"root", "annotations", "images", "names", "mnist_root", "path"})
+
+
+class PathRefused(LstmdetError):
+    """A job names a path outside the allowed data roots."""
+
+
+def check_path(path: str | os.PathLike, roots: Sequence[Path], what: str) -> str:
+    """``path`` resolved (symbolic links followed); refused unless inside one of ``roots``.
+
+    Args:
+        path: The path as the user gave it.
+        roots: Allowed folders (resolved).
+        what: What the path is, for the message (e.g. ``detect src``).
+
+    Raises:
+        PathRefused: No roots are configured, or the path lies outside all of them.
+    """
+    if not roots:
+        raise PathRefused(
+            f"{what} {path}: no data roots are configured, so jobs may not touch any path; set LSTMDET_DATA_ROOTS "
+            "to the colon-separated folders jobs may read and write (the same on clients and workers)"
+        )
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise PathRefused(
+            f"{what} {path} resolves to {resolved}, which is outside the allowed data roots "
+            f"({':'.join(str(r) for r in roots)}); move it under a root or add its folder to LSTMDET_DATA_ROOTS"
+        )
+    return str(resolved)
+
+
+def _data_paths(section: Any, field: str) -> Iterator[tuple[str, dict, str]]:
+    """``(field, owner dict, key)`` of every path-valued dataset option under ``section``."""
+    if isinstance(section, dict):
+        for key, value in section.items():
+            if key in DATA_PATH_KEYS and isinstance(value, str):
+                yield f"{field}.{key}", section, key
+            else:
+                yield from _data_paths(value, f"{field}.{key}")
+
+
+def _need(spec: dict[str, Any], key: str, kind: type | tuple[type, ...], job: str) -> Any:
+    value = spec.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise LstmdetError(f"{job} job spec: {key!r} is missing or of the wrong type (got {value!r})")
+    return value
+
+
+def _flag(spec: dict[str, Any], key: str, job: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise LstmdetError(f"{job} job spec: {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dict[str, Any]:
+    """A checked copy of ``spec`` with every path resolved inside ``roots``.
+
+    Raises:
+        LstmdetError: Unknown kind, a missing or mistyped field, or an option the engine refuses.
+        PathRefused: A path outside the data roots.
+    """
+    if kind not in KINDS:
+        raise LstmdetError(f"unknown job kind {kind!r}; use one of {', '.join(KINDS)}")
+    if not isinstance(spec, dict):
+        raise LstmdetError(f"a {kind} job spec must be a JSON object, got {type(spec).__name__}")
+    spec = json.loads(json.dumps(spec))  # a deep copy that is sure to be JSON
+    if kind == "train":
+        from lstmdet.config import load_config
+
+        config = load_config(_need(spec, "config", dict, kind))
+        for field, owner, key in _data_paths(config.get("data"), "data"):
+            owner[key] = check_path(owner[key], roots, f"train config {field}")
+        return {
+            "config": config,
+            "out": check_path(_need(spec, "out", str, kind), roots, "train --out"),
+            "resume": _flag(spec, "resume", kind),
+        }
+    if kind == "detect":
+        from lstmdet.engine.detect import DetectOptions
+
+        weights = spec.get("weights")
+        shard_size = spec.get("shard_size", 64)
+        if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+            raise LstmdetError(f"detect job spec: shard_size must be an integer >= 1, got {shard_size!r}")
+        return {
+            "src": check_path(_need(spec, "src", str, kind), roots, "detect SRC"),
+            "out": check_path(_need(spec, "out", str, kind), roots, "detect --out"),
+            "weights": None if weights is None else check_path(str(weights), roots, "detect --weights"),
+            "options": DetectOptions.from_json(spec.get("options") or {}).to_json(),
+            "shard_size": shard_size,
+        }
+    data = spec.get("data")
+    if data is not None:
+        if not isinstance(data, dict) or "name" not in data:
+            raise LstmdetError("eval job spec: data must be a dataset spec with a name, e.g. {name: mnist_idx}")
+        for field, owner, key in _data_paths(data, "data"):
+            owner[key] = check_path(owner[key], roots, f"eval {field}")
+    out = spec.get("out")
+    batch_size = spec.get("batch_size", 16)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise LstmdetError(f"eval job spec: batch_size must be an integer >= 1, got {batch_size!r}")
+    return {
+        "weights": check_path(_need(spec, "weights", str, kind), roots, "eval --weights"),
+        "data": data,
+        "out": None if out is None else check_path(str(out), roots, "eval --out"),
+        "batch_size": batch_size,
+        "device": str(spec.get("device", "auto")),
+    }

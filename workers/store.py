@@ -1,0 +1,228 @@
+"""Job records in Redis (``LSTMDET_RESULT_URL``): state, progress, small results, the cancel flag.
+
+Only small JSON lives here; artifacts go to files under the data roots. Keys:
+
+* ``lstmdet:job:<id>``: a hash with ``id``, ``kind``, ``queue``, ``spec``, ``state``, ``created``,
+  ``started``, ``finished``, ``progress``, ``result``, ``error``, ``cancel``;
+* ``lstmdet:jobs``: a sorted set of job ids by creation time (``jobs list``);
+* ``lstmdet:job:<id>:shards``: the finished shards of a detect job (a set, so a shard that
+  finishes twice counts once);
+* ``lstmdet:deliveries:<task id>``: how often a task was delivered (the poison-job cap).
+
+States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``. A final state is
+never overwritten (a late message of a cancelled job cannot revive it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from lstmdet.errors import LstmdetError
+from lstmdet.workers.settings import mask_url
+
+FINAL = ("succeeded", "failed", "cancelled")
+_PREFIX = "lstmdet:job:"
+_INDEX = "lstmdet:jobs"
+#: Hash fields stored as JSON.
+_JSON_FIELDS = ("spec", "progress", "result")
+
+# Set fields and the state unless the job is already in a final state; returns 1 when applied.
+_SET_STATE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+class BrokerUnavailable(LstmdetError):
+    """Redis cannot be reached or refused the credentials."""
+
+
+def redis_client(url: str, *, retries: int) -> Any:
+    """A redis-py client for ``url`` that retries failed commands ``retries`` times with backoff.
+
+    Args:
+        url: ``redis://`` or ``rediss://`` URL (password and TLS options in the URL).
+        retries: Retries of a command whose connection failed (a worker rides out a Redis restart;
+            a client gives up after a few seconds).
+    """
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=25,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.2), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        decode_responses=True,
+    )
+
+
+def explain(exc: Exception, url: str) -> BrokerUnavailable:
+    """A :class:`BrokerUnavailable` that says what went wrong with ``url`` and what to do."""
+    import redis
+
+    shown = mask_url(url)
+    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+        return BrokerUnavailable(
+            f"Redis at {shown} refused the credentials ({exc}); put the right password in the URL "
+            "(redis://:PASSWORD@host:port/db) in LSTMDET_BROKER_URL / LSTMDET_RESULT_URL"
+        )
+    return BrokerUnavailable(
+        f"cannot reach Redis at {shown} ({exc}); start redis-server there or point LSTMDET_BROKER_URL / "
+        "LSTMDET_RESULT_URL at a running one"
+    )
+
+
+class JobStore:
+    """Reads and writes job records.
+
+    Args:
+        url: The Redis URL (``LSTMDET_RESULT_URL``).
+        expires: Seconds a record is kept after its job ends.
+        retries: Command retries on connection errors (see :func:`redis_client`).
+    """
+
+    def __init__(self, url: str, *, expires: int = 7 * 24 * 3600, retries: int = 2) -> None:
+        self.url, self.expires = url, expires
+        self.redis = redis_client(url, retries=retries)
+        self._set_state = self.redis.register_script(_SET_STATE)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args)
+        except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.ResponseError) as exc:
+            if isinstance(exc, redis.ResponseError) and "AUTH" not in str(exc).upper():
+                raise
+            raise explain(exc, self.url) from None
+
+    @staticmethod
+    def _encode(fields: dict[str, Any]) -> dict[str, str]:
+        return {k: json.dumps(v) if k in _JSON_FIELDS else ("" if v is None else str(v)) for k, v in fields.items()}
+
+    def ping(self) -> None:
+        """Check that Redis answers (raises :class:`BrokerUnavailable`)."""
+        self._call(self.redis.ping)
+
+    def create(self, job_id: str, kind: str, queue: str, spec: dict[str, Any]) -> None:
+        """Record a new ``queued`` job."""
+        now = time.time()
+        record = {"id": job_id, "kind": kind, "queue": queue, "spec": spec, "state": "queued", "created": now}
+
+        def write() -> None:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(_PREFIX + job_id, mapping=self._encode(record))
+                pipe.zadd(_INDEX, {job_id: now})
+                pipe.execute()
+
+        self._call(write)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record (JSON fields decoded, times as floats), or ``None`` when unknown."""
+        raw = self._call(self.redis.hgetall, _PREFIX + job_id)
+        if not raw:
+            return None
+        record: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in _JSON_FIELDS:
+                record[key] = json.loads(value) if value else None
+            elif key in ("created", "started", "finished"):
+                record[key] = float(value) if value else None
+            else:
+                record[key] = value
+        record["cancel"] = record.get("cancel") == "1"
+        return record
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs, newest first (records that expired are dropped from the index)."""
+        ids = self._call(self.redis.zrevrange, _INDEX, 0, limit - 1)
+        records = []
+        for job_id in ids:
+            record = self.get(job_id)
+            if record is None:
+                self._call(self.redis.zrem, _INDEX, job_id)
+            else:
+                records.append(record)
+        return records
+
+    def update(self, job_id: str, **fields: Any) -> bool:
+        """Set fields (``state`` included) unless the job already ended; True when applied."""
+        if not fields:
+            return True
+        args = [x for pair in self._encode(fields).items() for x in pair]
+        applied = self._call(self._set_state, [_PREFIX + job_id], args)
+        return applied == 1
+
+    def start(self, job_id: str) -> bool:
+        """Mark the job ``running`` (keeping its first start time); False when it already ended."""
+        record = self.get(job_id)
+        if record is None or record["state"] in FINAL:
+            return False
+        fields: dict[str, Any] = {"state": "running"}
+        if not record.get("started"):
+            fields["started"] = time.time()
+        return self.update(job_id, **fields)
+
+    def finish(self, job_id: str, state: str, *, result: Any = None, error: str | None = None) -> bool:
+        """End the job in ``state`` (``succeeded``, ``failed`` or ``cancelled``) and let it expire."""
+        if state not in FINAL:
+            raise ValueError(f"{state!r} is not a final state ({', '.join(FINAL)})")
+        fields: dict[str, Any] = {"state": state, "finished": time.time()}
+        if result is not None:
+            fields["result"] = result
+        if error is not None:
+            fields["error"] = error
+        applied = self.update(job_id, **fields)
+        for key in (_PREFIX + job_id, f"{_PREFIX}{job_id}:shards"):
+            self._call(self.redis.expire, key, self.expires)
+        return applied
+
+    def request_cancel(self, job_id: str) -> dict[str, Any]:
+        """Raise the job's cancel flag; a job still queued ends as ``cancelled`` at once.
+
+        Raises:
+            LstmdetError: Unknown job.
+        """
+        record = self.get(job_id)
+        if record is None:
+            raise LstmdetError(f"no job {job_id}; `lstmdet jobs list` shows the known jobs")
+        if record["state"] not in FINAL:
+            self._call(self.redis.hset, _PREFIX + job_id, "cancel", "1")
+            if record["state"] == "queued":
+                self.finish(job_id, "cancelled", error="cancelled before it started")
+        return self.get(job_id) or record
+
+    def cancelled(self, job_id: str) -> bool:
+        """Whether the job's cancel flag is raised (checked between batches)."""
+        return self._call(self.redis.hget, _PREFIX + job_id, "cancel") == "1"
+
+    def count_delivery(self, task_id: str) -> int:
+        """Count one more delivery of a task; returns the count (1 on the first delivery)."""
+
+        def bump() -> int:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(f"lstmdet:deliveries:{task_id}")
+                pipe.expire(f"lstmdet:deliveries:{task_id}", self.expires)
+                return pipe.execute()[0]
+
+        return int(self._call(bump))
+
+    def shard_done(self, job_id: str, index: int) -> int:
+        """Record shard ``index`` of a detect job as done; returns how many shards are done."""
+
+        def add() -> int:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(f"{_PREFIX}{job_id}:shards", index)
+                pipe.scard(f"{_PREFIX}{job_id}:shards")
+                return pipe.execute()[1]
+
+        return int(self._call(add))

@@ -1,0 +1,309 @@
+"""Job tasks: thin adapters from a JSON spec to the engine, with job state kept in :mod:`.store`.
+
+Every task takes ``(job_id, spec, ...)``; the job id is the Celery task id of the job's first task.
+On each delivery a task counts the delivery (a task delivered more than ``max_deliveries`` times
+fails the job as a poison job instead of killing workers forever), checks the job is neither over
+nor cancelled, and checks every path of the spec against this worker's data roots again.
+
+* ``lstmdet.train``: runs the trainer into ``out``; progress (epoch, step, loss, metric) goes to the
+  job record; ``last.pt`` is written every epoch. A redelivered job resumes from ``last.pt``. At
+  the soft time limit the trainer checkpoints mid-epoch and the task re-queues itself to go on.
+* ``lstmdet.detect``: plans the shards of the folder (:mod:`lstmdet.engine.shards`) and queues one
+  ``lstmdet.detect_shard`` task per shard not yet done; the task that finishes the last shard
+  queues ``lstmdet.detect_merge``, which writes the final files.
+* ``lstmdet.eval``: scores a checkpoint; metrics go to the job record (and to ``out`` if given).
+* ``lstmdet.ping``: does nothing; measures queue latency.
+
+Cancel: the job's flag is checked between batches (detect) or steps (train); the job ends as
+``cancelled`` and writes no final file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task
+
+from lstmdet.errors import Cancelled, LstmdetError
+from lstmdet.workers.cache import ModelCache
+from lstmdet.workers.settings import Settings
+from lstmdet.workers.specs import validate_spec
+from lstmdet.workers.store import FINAL, JobStore
+
+log = logging.getLogger("lstmdet.workers")
+
+#: Models loaded in this worker process, reused across tasks.
+MODELS = ModelCache()
+#: Marker a train job leaves in its output folder: which job owns the run there.
+JOB_MARKER = ".lstmdet-job"
+_stores: dict[str, JobStore] = {}
+
+
+def _settings(task: Task) -> Settings:
+    return task.app.conf.lstmdet_settings
+
+
+def job_store(settings: Settings) -> JobStore:
+    """This process's job store; worker commands retry through a Redis restart (about a minute)."""
+    if settings.result_url not in _stores:
+        _stores[settings.result_url] = JobStore(settings.result_url, expires=settings.result_expires, retries=40)
+    return _stores[settings.result_url]
+
+
+def _throttled(check: Callable[[], bool], every: float = 0.5) -> Callable[[], bool]:
+    """``check`` asked at most every ``every`` seconds (a sticky True)."""
+    state = {"at": 0.0, "value": False}
+
+    def ask() -> bool:
+        now = time.monotonic()
+        if not state["value"] and now - state["at"] >= every:
+            state["at"], state["value"] = now, check()
+        return state["value"]
+
+    return ask
+
+
+class _Delivery:
+    """What a task learned on arrival: the store, the checked spec, or why it should not run."""
+
+    def __init__(self, task: Task, job_id: str, kind: str, spec: dict[str, Any]) -> None:
+        settings = _settings(task)
+        self.store = store = job_store(settings)
+        self.job_id, self.spec, self.run = job_id, spec, False
+        count = store.count_delivery(f"{task.request.id}:{task.request.retries}")
+        record = store.get(job_id)
+        if record is None:
+            log.warning("task %s for unknown or expired job %s: dropped", task.name, job_id)
+            return
+        if record["state"] in FINAL:
+            return
+        if count > settings.max_deliveries:
+            store.finish(job_id, "failed", error=(
+                f"{task.name} was delivered {count} times without finishing (its worker died each time, e.g. out "
+                f"of memory); given up after LSTMDET_MAX_DELIVERIES={settings.max_deliveries}"))  # fmt: skip
+            return
+        if record["cancel"]:
+            store.finish(job_id, "cancelled", error="cancelled")
+            return
+        try:
+            self.spec = validate_spec(kind, spec, settings.data_roots)
+        except LstmdetError as exc:
+            store.finish(job_id, "failed", error=f"refused by the worker: {exc}")
+            return
+        store.start(job_id)
+        self.queue = record["queue"]
+        self.run = True
+
+
+@contextlib.contextmanager
+def _job_errors(store: JobStore, job_id: str, task: Task) -> Iterator[None]:
+    """Turn what a task raises into the job's end state (Celery's own retry passes through)."""
+    from celery.exceptions import Retry, SoftTimeLimitExceeded
+
+    try:
+        yield
+    except Retry:
+        raise
+    except Cancelled:
+        store.finish(job_id, "cancelled", error="cancelled")
+    except SoftTimeLimitExceeded:
+        limit = _settings(task).soft_time_limit
+        store.finish(job_id, "failed", error=(
+            f"{task.name} ran past its soft time limit ({limit} s); raise LSTMDET_SOFT_TIME_LIMIT (with "
+            "LSTMDET_TIME_LIMIT and LSTMDET_VISIBILITY_TIMEOUT) or use smaller shards"))  # fmt: skip
+    except LstmdetError as exc:
+        store.finish(job_id, "failed", error=str(exc))
+    except Exception as exc:
+        log.error("job %s: %s failed:\n%s", job_id, task.name, traceback.format_exc())
+        store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc} (traceback in the worker log)")
+
+
+class _SoftLimit:
+    """Turns the soft-time-limit signal into a flag the trainer checks between steps.
+
+    Celery delivers the soft limit as SIGUSR1 to the pool process and raises an exception wherever
+    the task happens to be; a train task instead stops at the next step boundary, where a
+    checkpoint is consistent.
+    """
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _SoftLimit:
+        if hasattr(signal, "SIGUSR1"):
+            with contextlib.suppress(ValueError):  # not the main thread: keep Celery's handler
+                self._previous = signal.signal(signal.SIGUSR1, self._handle)
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *_: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+
+
+def _train_out_ready(out: Path, job_id: str, resume: bool) -> bool:
+    """Claim ``out`` for the job; returns whether to resume (a redelivered job, or ``resume``)."""
+    marker = out / JOB_MARKER
+    owner = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+    if owner not in (None, job_id) and not resume:
+        raise LstmdetError(f"{out} holds the run of job {owner}; choose another --out, or submit with --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(job_id + "\n", encoding="utf-8")
+    return (out / "last.pt").exists() and (resume or owner == job_id)
+
+
+def train_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+    """Train ``spec["config"]`` into ``spec["out"]`` (see the module docstring)."""
+    arrival = _Delivery(task, job_id, "train", spec)
+    if not arrival.run:
+        return
+    store, spec = arrival.store, arrival.spec
+    with _job_errors(store, job_id, task), _SoftLimit() as soft:
+        from lstmdet.engine.train import Trainer
+
+        out = Path(spec["out"])
+        trainer = Trainer(spec["config"], out, resume=_train_out_ready(out, job_id, spec["resume"]))
+        cancelled = _throttled(lambda: store.cancelled(job_id))
+        last = {"at": 0.0}
+
+        def progress(event: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if event["phase"] == "epoch" or now - last["at"] >= 1.0:
+                last["at"] = now
+                store.update(job_id, progress={k: v for k, v in event.items() if k != "phase"})
+
+        result = trainer.fit(should_stop=lambda: soft.raised or cancelled(), on_progress=progress)
+        if result.get("stopped"):
+            if cancelled():
+                raise Cancelled("cancelled")
+            log.warning("job %s: soft time limit at epoch %s step %s; continuing in a new task", job_id,
+                        result["epoch"], result["step"])  # fmt: skip
+            raise task.retry(countdown=0, max_retries=None)
+        metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
+        # continued: how often the job checkpointed at the soft time limit and went on in a new task
+        result = {**result, "metrics": metrics, "out": str(out), "continued": task.request.retries}
+        store.finish(job_id, "succeeded", result=result)
+
+
+def eval_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+    """Score ``spec["weights"]``; metrics to the job record and to ``spec["out"]`` when given."""
+    arrival = _Delivery(task, job_id, "eval", spec)
+    if not arrival.run:
+        return
+    store, spec = arrival.store, arrival.spec
+    with _job_errors(store, job_id, task):
+        from lstmdet.engine.evaluate import evaluate_checkpoint
+        from lstmdet.engine.writers import write_json
+
+        metrics = evaluate_checkpoint(spec["weights"], data=spec["data"], batch_size=spec["batch_size"],
+                                      device=spec["device"])  # fmt: skip
+        if spec["out"]:
+            Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
+            write_json(Path(spec["out"]), metrics)
+        headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        store.finish(job_id, "succeeded", result={"metrics": headline, "out": spec["out"]})
+
+
+def _clear_stale_plan(store: JobStore, out: Path) -> None:
+    """Remove the shard folder a cancelled or failed job left in ``out``, so a new job can use it."""
+    from lstmdet.engine.shards import load_plan, shard_folder
+
+    plan = load_plan(out)
+    if plan is not None:
+        owner = store.get(plan.job)
+        if owner is None or owner["state"] in ("failed", "cancelled"):
+            shutil.rmtree(shard_folder(out), ignore_errors=True)
+
+
+def detect_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+    """Plan the shards of a folder and queue those not done yet."""
+    arrival = _Delivery(task, job_id, "detect", spec)
+    if not arrival.run:
+        return
+    store, spec = arrival.store, arrival.spec
+    with _job_errors(store, job_id, task):
+        from lstmdet.engine.detect import DetectOptions
+        from lstmdet.engine.shards import plan_shards, shards_done
+
+        out = Path(spec["out"])
+        _clear_stale_plan(store, out)
+        opts = DetectOptions.from_json(spec["options"])
+        plan = plan_shards(spec["src"], out, MODELS.get(spec["weights"], opts.device), opts,
+                           shard_size=spec["shard_size"], job=job_id)  # fmt: skip
+        done = shards_done(out, plan)
+        for index in done:
+            store.shard_done(job_id, index)
+        store.update(job_id, progress={"shards_done": len(done), "shards": len(plan.shards), "images": len(plan.names)})
+        if len(done) == len(plan.shards):
+            task.app.send_task("lstmdet.detect_merge", args=[job_id, spec], queue=arrival.queue)
+        for index in sorted(set(range(len(plan.shards))) - set(done)):
+            task.app.send_task("lstmdet.detect_shard", args=[job_id, spec, index], queue=arrival.queue)
+
+
+def detect_shard_task(task: Task, job_id: str, spec: dict[str, Any], index: int) -> None:
+    """Detect one shard (never again once done); the last shard queues the merge."""
+    arrival = _Delivery(task, job_id, "detect", spec)
+    if not arrival.run:
+        return
+    store, spec = arrival.store, arrival.spec
+    with _job_errors(store, job_id, task):
+        from lstmdet.engine.detect import DetectOptions
+        from lstmdet.engine.shards import load_plan, run_shard
+
+        out = Path(spec["out"])
+        plan = load_plan(out)
+        if plan is None or plan.job != job_id:
+            raise LstmdetError(f"{out} holds no shard plan of job {job_id} (was the folder removed or reused?)")
+        device = DetectOptions.from_json(spec["options"]).device
+        run_shard(out, plan, index, MODELS.get(spec["weights"], device),
+                  should_stop=_throttled(lambda: store.cancelled(job_id)))  # fmt: skip
+        done = store.shard_done(job_id, index)
+        store.update(job_id, progress={"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)})
+        if done >= len(plan.shards):
+            task.app.send_task("lstmdet.detect_merge", args=[job_id, spec], queue=arrival.queue)
+
+
+def detect_merge_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+    """Write the final files of a detect job from its shards and end the job."""
+    arrival = _Delivery(task, job_id, "detect", spec)
+    if not arrival.run:
+        return
+    store, spec = arrival.store, arrival.spec
+    with _job_errors(store, job_id, task):
+        from lstmdet.engine.shards import merge_shards
+
+        summary = merge_shards(spec["out"])
+        store.finish(job_id, "succeeded", result={**summary, "out": spec["out"]})
+
+
+def ping_task(task: Task, sent: float | None = None) -> dict[str, Any]:
+    """Nothing: returns when it started and where (queue latency measurements)."""
+    return {"started": time.time(), "sent": sent, "pid": os.getpid(), "hostname": task.request.hostname}
+
+
+TASKS: dict[str, Callable[..., Any]] = {
+    "lstmdet.train": train_task,
+    "lstmdet.eval": eval_task,
+    "lstmdet.detect": detect_task,
+    "lstmdet.detect_shard": detect_shard_task,
+    "lstmdet.detect_merge": detect_merge_task,
+    "lstmdet.ping": ping_task,
+}
+
+
+def register_tasks(app: Celery) -> None:
+    """Register the job tasks on ``app`` (bound: each function receives the task first)."""
+    for name, fn in TASKS.items():
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)(fn)
