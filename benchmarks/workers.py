@@ -15,7 +15,7 @@ in a temporary folder) and its own Celery workers, and stops them all when it en
      divided by the wall time of the call (model loading included, imports excluded);
    * queued: one ``lstmdet worker --queues cpu --concurrency 1`` (one pool process with as many
      torch threads as there are cores), warmed with a small detect job so its model is cached,
-     as in a long-running fleet; ``client.submit_detect(src, out, shard_size=64)`` then
+     as in a long-running fleet; ``client.submit_detect(src, out, shard_size=256)`` (the default) then
      ``client.wait(job)``: images divided by the time from just before the submit to the job's
      ``finished`` stamp (planning, shards and merge included).
 
@@ -59,6 +59,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _common import wait_until_idle
+
 from lstmdet.workers.client import JobClient
 from lstmdet.workers.launcher import plan_workers
 from lstmdet.workers.settings import Settings
@@ -83,29 +85,6 @@ print(json.dumps({"images": summary["images"], "seconds": seconds, "loop_images_
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _cpu_counters() -> tuple[int, int] | None:
-    try:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return values[3] + values[4], sum(values)
-
-
-def wait_until_idle(threshold: float = 0.9, window: float = 0.25, timeout: float = 20.0) -> bool:
-    """Wait until the CPU was idle for ``threshold`` of a ``window`` (Linux); False on timeout."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        before = _cpu_counters()
-        if before is None:
-            return True
-        time.sleep(window)
-        after = _cpu_counters()
-        if after is None or (after[0] - before[0]) / max(1, after[1] - before[1]) >= threshold:
-            return True
-    return False
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -315,14 +294,15 @@ def bench_queued_vs_in_process(
     local, remote, identical = [], [], None
     for n in range(args.repeats):
         local.append(in_process(scenes, work / f"in-process-{n}", args.wait_idle))
-        remote.append(queued(cluster.client, scenes, work / f"queued-{n}", shard_size=64, wait_idle=args.wait_idle,
-                             timeout=args.timeout))  # fmt: skip
+        remote.append(queued(cluster.client, scenes, work / f"queued-{n}", shard_size=args.queued_shard_size,
+                             wait_idle=args.wait_idle, timeout=args.timeout))  # fmt: skip
         if identical is None:
             identical = same_files(work / f"in-process-{n}", work / f"queued-{n}")
     latency = pings(cluster.client, args.pings, args.wait_idle)
     cluster.stop_workers()
     first = {
         "images": local[0]["images"],
+        "shard_size": args.queued_shard_size,
         "in_process_images_per_s": _median(local),
         "queued_images_per_s": _median(remote),
         "ratio": _median(remote) / _median(local),
@@ -372,7 +352,7 @@ def report(results: dict[str, Any]) -> None:
     print(f"| measure ({first['images']} digit scenes, median of {results['meta']['repeats']}) | value | target |")
     print("|---|---|---|")
     print(f"| in-process `lstmdet.detect` (defaults) | {first['in_process_images_per_s']:.2f} img/s | |")
-    print(f"| queued, 1 warm worker, shard 64 | {first['queued_images_per_s']:.2f} img/s | |")
+    print(f"| queued, 1 warm worker, shard {first['shard_size']} | {first['queued_images_per_s']:.2f} img/s | |")
     print(f"| queued / in-process | **{first['ratio']:.2f}x** | {verdict(first['ratio'], first['target'])} |")
     print(f"| queued files identical ({', '.join(same)}) | {'yes' if all(same.values()) else f'**no**: {same}'} | |")
     print(f"| 1 process x 1 thread, workers=0, shard {scaling['shard_size']} | {scaling['x1']['images_per_s']:.2f} "
@@ -404,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pings", type=int, default=50, help="ping tasks for the latency figures (default 50)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each detect measurement (median)")
     parser.add_argument("--shard-size", type=int, default=32, help="shard size of the scaling job (default 32)")
+    parser.add_argument(
+        "--queued-shard-size",
+        type=int,
+        default=256,
+        help="shard size of the queued-vs-in-process job (default 256, the client's default)",
+    )
     parser.add_argument("--warm-images", type=int, default=32, help="images of the warm-up jobs (default 32)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds a queued job may take")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")

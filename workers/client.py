@@ -4,7 +4,7 @@
 from lstmdet.workers.client import JobClient
 
 client = JobClient()                                   # settings from LSTMDET_* variables
-job = client.submit_detect("/data/photos", "/data/out/photos", shard_size=64)
+job = client.submit_detect("/data/photos", "/data/out/photos", shard_size=256)
 client.wait(job)["state"]                              # 'succeeded'
 ```
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from lstmdet.errors import LstmdetError
 from lstmdet.workers.settings import QUEUES, Settings
-from lstmdet.workers.specs import validate_spec
+from lstmdet.workers.specs import DEFAULT_SHARD_SIZE, validate_spec
 from lstmdet.workers.store import FINAL, JobStore, explain
 
 #: Task that starts each kind of job.
@@ -111,7 +111,7 @@ class JobClient:
         out: str | Path,
         weights: str | Path | None = None,
         *,
-        shard_size: int = 64,
+        shard_size: int = DEFAULT_SHARD_SIZE,
         queue: str | None = None,
         **options: Any,
     ) -> str:

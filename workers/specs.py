@@ -27,6 +27,9 @@ from typing import Any
 from lstmdet.errors import LstmdetError
 
 KINDS = ("train", "detect", "eval")
+#: Images per detect shard: each shard pays for starting its loader processes (a few tenths of a
+#: second), so shards should hold a few seconds of work; smaller ones spread better over workers.
+DEFAULT_SHARD_SIZE = 256
 #: Keys of dataset options whose string values are file or folder paths.
 DATA_PATH_KEYS = frozenset({"root", "annotations", "images", "names", "mnist_root", "path"})
 
@@ -77,6 +80,13 @@ def _need(spec: dict[str, Any], key: str, kind: type | tuple[type, ...], job: st
     return value
 
 
+def _count(spec: dict[str, Any], key: str, default: int, job: str) -> int:
+    value = spec.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise LstmdetError(f"{job} job spec: {key} must be an integer >= 1, got {value!r}")
+    return value
+
+
 def _flag(spec: dict[str, Any], key: str, job: str) -> bool:
     value = spec.get(key, False)
     if not isinstance(value, bool):
@@ -111,15 +121,12 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
         from lstmdet.engine.detect import DetectOptions
 
         weights = spec.get("weights")
-        shard_size = spec.get("shard_size", 64)
-        if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
-            raise LstmdetError(f"detect job spec: shard_size must be an integer >= 1, got {shard_size!r}")
         return {
             "src": check_path(_need(spec, "src", str, kind), roots, "detect SRC"),
             "out": check_path(_need(spec, "out", str, kind), roots, "detect --out"),
             "weights": None if weights is None else check_path(str(weights), roots, "detect --weights"),
             "options": DetectOptions.from_json(spec.get("options") or {}).to_json(),
-            "shard_size": shard_size,
+            "shard_size": _count(spec, "shard_size", DEFAULT_SHARD_SIZE, kind),
         }
     data = spec.get("data")
     if data is not None:
@@ -128,13 +135,10 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
         for field, owner, key in _data_paths(data, "data"):
             owner[key] = check_path(owner[key], roots, f"eval {field}")
     out = spec.get("out")
-    batch_size = spec.get("batch_size", 16)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise LstmdetError(f"eval job spec: batch_size must be an integer >= 1, got {batch_size!r}")
     return {
         "weights": check_path(_need(spec, "weights", str, kind), roots, "eval --weights"),
         "data": data,
         "out": None if out is None else check_path(str(out), roots, "eval --out"),
-        "batch_size": batch_size,
+        "batch_size": _count(spec, "batch_size", 16, kind),
         "device": str(spec.get("device", "auto")),
     }

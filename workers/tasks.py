@@ -21,6 +21,7 @@ Cancel: the job's flag is checked between batches (detect) or steps (train); the
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -78,7 +79,7 @@ class _Delivery:
     def __init__(self, task: Task, job_id: str, kind: str, spec: dict[str, Any]) -> None:
         settings = _settings(task)
         self.store = store = job_store(settings)
-        self.job_id, self.spec, self.run = job_id, spec, False
+        self.task, self.job_id, self.spec, self.run, self.queue = task, job_id, spec, False, ""
         count = store.count_delivery(f"{task.request.id}:{task.request.retries}")
         record = store.get(job_id)
         if record is None:
@@ -153,6 +154,26 @@ class _SoftLimit:
             signal.signal(signal.SIGUSR1, self._previous)
 
 
+def job_task(kind: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Make ``fn(task, job, *extra)`` a task body ``(task, job_id, spec, *extra)`` of a ``kind`` job.
+
+    The body runs only when :class:`_Delivery` lets it (counted, not over, not cancelled, paths
+    checked), and what it raises ends the job (:func:`_job_errors`).
+    """
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def run(task: Task, job_id: str, spec: dict[str, Any], *extra: Any) -> None:
+            job = _Delivery(task, job_id, kind, spec)
+            if job.run:
+                with _job_errors(job.store, job_id, task):
+                    fn(task, job, *extra)
+
+        return run
+
+    return wrap
+
+
 def _train_out_ready(out: Path, job_id: str, resume: bool) -> bool:
     """Claim ``out`` for the job; returns whether to resume (a redelivered job, or ``resume``)."""
     marker = out / JOB_MARKER
@@ -164,13 +185,11 @@ def _train_out_ready(out: Path, job_id: str, resume: bool) -> bool:
     return (out / "last.pt").exists() and (resume or owner == job_id)
 
 
-def train_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+@job_task("train")
+def train_task(task: Task, job: _Delivery) -> None:
     """Train ``spec["config"]`` into ``spec["out"]`` (see the module docstring)."""
-    arrival = _Delivery(task, job_id, "train", spec)
-    if not arrival.run:
-        return
-    store, spec = arrival.store, arrival.spec
-    with _job_errors(store, job_id, task), _SoftLimit() as soft:
+    store, spec, job_id = job.store, job.spec, job.job_id
+    with _SoftLimit() as soft:
         from lstmdet.engine.train import Trainer
 
         out = Path(spec["out"])
@@ -197,23 +216,20 @@ def train_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
         store.finish(job_id, "succeeded", result=result)
 
 
-def eval_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+@job_task("eval")
+def eval_task(task: Task, job: _Delivery) -> None:
     """Score ``spec["weights"]``; metrics to the job record and to ``spec["out"]`` when given."""
-    arrival = _Delivery(task, job_id, "eval", spec)
-    if not arrival.run:
-        return
-    store, spec = arrival.store, arrival.spec
-    with _job_errors(store, job_id, task):
-        from lstmdet.engine.evaluate import evaluate_checkpoint
-        from lstmdet.engine.writers import write_json
+    from lstmdet.engine.evaluate import evaluate_checkpoint
+    from lstmdet.engine.writers import write_json
 
-        metrics = evaluate_checkpoint(spec["weights"], data=spec["data"], batch_size=spec["batch_size"],
-                                      device=spec["device"])  # fmt: skip
-        if spec["out"]:
-            Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
-            write_json(Path(spec["out"]), metrics)
-        headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        store.finish(job_id, "succeeded", result={"metrics": headline, "out": spec["out"]})
+    spec = job.spec
+    metrics = evaluate_checkpoint(spec["weights"], data=spec["data"], batch_size=spec["batch_size"],
+                                  device=spec["device"])  # fmt: skip
+    if spec["out"]:
+        Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(spec["out"]), metrics)
+    headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    job.store.finish(job.job_id, "succeeded", result={"metrics": headline, "out": spec["out"]})
 
 
 def _clear_stale_plan(store: JobStore, out: Path) -> None:
@@ -227,65 +243,55 @@ def _clear_stale_plan(store: JobStore, out: Path) -> None:
             shutil.rmtree(shard_folder(out), ignore_errors=True)
 
 
-def detect_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+def _shards_progress(job: _Delivery, plan: Any, done: int) -> None:
+    """Record ``done`` of the plan's shards; when all are done, queue the merge."""
+    job.store.update(job.job_id, progress={"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)})
+    if done >= len(plan.shards):
+        job.task.app.send_task("lstmdet.detect_merge", args=[job.job_id, job.spec], queue=job.queue)
+
+
+@job_task("detect")
+def detect_task(task: Task, job: _Delivery) -> None:
     """Plan the shards of a folder and queue those not done yet."""
-    arrival = _Delivery(task, job_id, "detect", spec)
-    if not arrival.run:
-        return
-    store, spec = arrival.store, arrival.spec
-    with _job_errors(store, job_id, task):
-        from lstmdet.engine.detect import DetectOptions
-        from lstmdet.engine.shards import plan_shards, shards_done
+    from lstmdet.engine.detect import DetectOptions
+    from lstmdet.engine.shards import plan_shards, shards_done
 
-        out = Path(spec["out"])
-        _clear_stale_plan(store, out)
-        opts = DetectOptions.from_json(spec["options"])
-        plan = plan_shards(spec["src"], out, MODELS.get(spec["weights"], opts.device), opts,
-                           shard_size=spec["shard_size"], job=job_id)  # fmt: skip
-        done = shards_done(out, plan)
-        for index in done:
-            store.shard_done(job_id, index)
-        store.update(job_id, progress={"shards_done": len(done), "shards": len(plan.shards), "images": len(plan.names)})
-        if len(done) == len(plan.shards):
-            task.app.send_task("lstmdet.detect_merge", args=[job_id, spec], queue=arrival.queue)
-        for index in sorted(set(range(len(plan.shards))) - set(done)):
-            task.app.send_task("lstmdet.detect_shard", args=[job_id, spec, index], queue=arrival.queue)
+    spec, out = job.spec, Path(job.spec["out"])
+    _clear_stale_plan(job.store, out)
+    opts = DetectOptions.from_json(spec["options"])
+    plan = plan_shards(spec["src"], out, MODELS.get(spec["weights"], opts.device), opts,
+                       shard_size=spec["shard_size"], job=job.job_id)  # fmt: skip
+    done = shards_done(out, plan)
+    for index in done:
+        job.store.shard_done(job.job_id, index)
+    for index in sorted(set(range(len(plan.shards))) - set(done)):
+        task.app.send_task("lstmdet.detect_shard", args=[job.job_id, spec, index], queue=job.queue)
+    _shards_progress(job, plan, len(done))
 
 
-def detect_shard_task(task: Task, job_id: str, spec: dict[str, Any], index: int) -> None:
+@job_task("detect")
+def detect_shard_task(task: Task, job: _Delivery, index: int) -> None:
     """Detect one shard (never again once done); the last shard queues the merge."""
-    arrival = _Delivery(task, job_id, "detect", spec)
-    if not arrival.run:
-        return
-    store, spec = arrival.store, arrival.spec
-    with _job_errors(store, job_id, task):
-        from lstmdet.engine.detect import DetectOptions
-        from lstmdet.engine.shards import load_plan, run_shard
+    from lstmdet.engine.detect import DetectOptions
+    from lstmdet.engine.shards import load_plan, run_shard
 
-        out = Path(spec["out"])
-        plan = load_plan(out)
-        if plan is None or plan.job != job_id:
-            raise LstmdetError(f"{out} holds no shard plan of job {job_id} (was the folder removed or reused?)")
-        device = DetectOptions.from_json(spec["options"]).device
-        run_shard(out, plan, index, MODELS.get(spec["weights"], device),
-                  should_stop=_throttled(lambda: store.cancelled(job_id)))  # fmt: skip
-        done = store.shard_done(job_id, index)
-        store.update(job_id, progress={"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)})
-        if done >= len(plan.shards):
-            task.app.send_task("lstmdet.detect_merge", args=[job_id, spec], queue=arrival.queue)
+    spec, out = job.spec, Path(job.spec["out"])
+    plan = load_plan(out)
+    if plan is None or plan.job != job.job_id:
+        raise LstmdetError(f"{out} holds no shard plan of job {job.job_id} (was the folder removed or reused?)")
+    device = DetectOptions.from_json(spec["options"]).device
+    run_shard(out, plan, index, MODELS.get(spec["weights"], device),
+              should_stop=_throttled(lambda: job.store.cancelled(job.job_id)))  # fmt: skip
+    _shards_progress(job, plan, job.store.shard_done(job.job_id, index))
 
 
-def detect_merge_task(task: Task, job_id: str, spec: dict[str, Any]) -> None:
+@job_task("detect")
+def detect_merge_task(task: Task, job: _Delivery) -> None:
     """Write the final files of a detect job from its shards and end the job."""
-    arrival = _Delivery(task, job_id, "detect", spec)
-    if not arrival.run:
-        return
-    store, spec = arrival.store, arrival.spec
-    with _job_errors(store, job_id, task):
-        from lstmdet.engine.shards import merge_shards
+    from lstmdet.engine.shards import merge_shards
 
-        summary = merge_shards(spec["out"])
-        store.finish(job_id, "succeeded", result={**summary, "out": spec["out"]})
+    summary = merge_shards(job.spec["out"])
+    job.store.finish(job.job_id, "succeeded", result={**summary, "out": job.spec["out"]})
 
 
 def ping_task(task: Task, sent: float | None = None) -> dict[str, Any]:

@@ -34,8 +34,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         sub = kinds.add_parser(kind, help=f"queue what `lstmdet {kind}` does")
         add(sub)
         if kind == "detect":
-            sub.add_argument("--shard-size", type=int, default=64, metavar="N",
-                             help="images per shard; shards run on any worker (default 64)")  # fmt: skip
+            sub.add_argument("--shard-size", type=int, default=256, metavar="N",
+                             help="images per shard; shards run on any worker (default 256)")  # fmt: skip
         sub.add_argument("--queue", choices=("gpu", "cpu"), help="default: gpu when a cuda device is asked for, "
                          "cpu when cpu is, else LSTMDET_DEFAULT_QUEUE (cpu)")  # fmt: skip
         sub.add_argument("--wait", action="store_true", help="wait for the job to end and print its record")

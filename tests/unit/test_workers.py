@@ -16,7 +16,7 @@ from lstmdet.workers.cache import ModelCache
 from lstmdet.workers.client import JobClient
 from lstmdet.workers.launcher import WorkerProcess, parse_gpus, plan_workers, run_workers
 from lstmdet.workers.settings import DEFAULT_BROKER_URL, QUEUES, Settings, celery_config, mask_url
-from lstmdet.workers.specs import PathRefused, check_path, validate_spec
+from lstmdet.workers.specs import DEFAULT_SHARD_SIZE, PathRefused, check_path, validate_spec
 from lstmdet.workers.store import BrokerUnavailable, explain
 
 TIME_VARS = ("LSTMDET_SOFT_TIME_LIMIT", "LSTMDET_TIME_LIMIT", "LSTMDET_VISIBILITY_TIMEOUT")
@@ -226,7 +226,7 @@ def test_detect_spec_resolved(roots):
     assert checked["src"] == str(root / "in")
     assert checked["out"] == str(root / "out")
     assert checked["weights"] == str(root / "w.pt")
-    assert checked["shard_size"] == 64
+    assert checked["shard_size"] == DEFAULT_SHARD_SIZE == 256
     assert checked["options"]["device"] == "cpu" and checked["options"]["batch_size"] == 4
     assert {"score_thresh", "half", "workers"} <= set(checked["options"])
     assert spec["src"] == f"{root}/in/../in"  # the caller's spec is not changed
