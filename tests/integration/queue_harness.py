@@ -36,22 +36,43 @@ def wait_for(check: Callable[[], object], timeout: float, what: str, every: floa
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def make_certificates(folder: Path) -> Path:
+    """A private CA and a server certificate for 127.0.0.1 (``ca.crt``, ``server.crt``, ``server.key``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lstmdet-test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
+    return folder
+
+
 class RedisServer:
     """A private ``redis-server`` (AOF with fsync on every write, so a restart loses nothing).
 
     Args:
         folder: Its working folder (AOF files).
         password: ``requirepass``, or ``None``.
+        tls: A folder from :func:`make_certificates`: serve TLS only (``rediss://``).
     """
 
-    def __init__(self, folder: Path, password: str | None = None) -> None:
-        self.folder, self.password, self.port = folder, password, free_port()
+    def __init__(self, folder: Path, password: str | None = None, tls: Path | None = None) -> None:
+        self.folder, self.password, self.tls, self.port = folder, password, tls, free_port()
         self.process: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
     def url(self, db: int = 0, password: str | None = None) -> str:
         secret = password if password is not None else self.password
-        return f"redis://{f':{secret}@' if secret else ''}127.0.0.1:{self.port}/{db}"
+        auth = f":{secret}@" if secret else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        return f"rediss://{auth}127.0.0.1:{self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={self.tls / 'ca.crt'}"
 
     def start(self) -> RedisServer:
         argv = [
@@ -60,12 +81,19 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.tls is not None:
+            argv[argv.index("--port") + 1] = "0"
+            argv += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.crt"),
+                     "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+                     "--tls-auth-clients", "no"]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._answers, 20, f"redis-server on port {self.port}")
         return self
 
     def _answers(self) -> bool:
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        if self.tls is not None:
+            auth += ["--tls", "--cacert", str(self.tls / "ca.crt")]
         done = subprocess.run(["redis-cli", "-p", str(self.port), *auth, "ping"], capture_output=True, text=True)
         return done.stdout.strip() == "PONG"
 

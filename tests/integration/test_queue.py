@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import ROOT, run_cli
-from queue_harness import RedisServer, Worker, wait_for
+from queue_harness import RedisServer, Worker, make_certificates, wait_for
 
 import lstmdet
 from lstmdet.checkpoint import read_checkpoint
@@ -36,10 +36,10 @@ class Queue:
 
     def __init__(
         self, folder: Path, *, password: str | None = None, pythonpath: Path | None = None, data: Path | None = None,
-        **limits: int,
+        tls: Path | None = None, **limits: int,
     ) -> None:  # fmt: skip
         self.folder = folder
-        self.server = RedisServer(folder / "redis", password=password).start()
+        self.server = RedisServer(folder / "redis", password=password, tls=tls).start()
         self.env = {
             **os.environ,
             "LSTMDET_BROKER_URL": self.server.url(0),
@@ -238,6 +238,22 @@ def test_password_protected_redis(scenes, tmp_path):
         q.close()
 
 
+def test_tls_redis_through_the_url(scenes, tmp_path):
+    """``rediss://`` with the CA in the URL: the client, the worker and the job store all speak TLS."""
+    q = Queue(tmp_path, data=scenes.parent, password="tls-pass", tls=make_certificates(tmp_path / "certs"))
+    try:
+        assert q.env["LSTMDET_BROKER_URL"].startswith("rediss://")
+        q.worker()
+        job = q.client.submit_detect(scenes / sorted(os.listdir(scenes))[0], tmp_path / "out", **DETECT)
+        assert q.client.wait(job, timeout=60)["state"] == "succeeded"
+        plain = {**q.env, "LSTMDET_BROKER_URL": f"redis://:tls-pass@127.0.0.1:{q.server.port}/0",
+                 "LSTMDET_RESULT_URL": f"redis://:tls-pass@127.0.0.1:{q.server.port}/1"}  # fmt: skip
+        done = run_cli("jobs", "list", env=plain)  # no TLS against a TLS-only server: refused, clearly
+        assert done.returncode == 2 and "cannot reach Redis" in done.stderr
+    finally:
+        q.close()
+
+
 def _train_config(tmp_path: Path) -> dict:
     return {
         "task": "classify",
@@ -279,5 +295,34 @@ def test_queued_train_with_a_plugin_runs_in_pieces_and_equals_in_process(plugin_
         queued = read_checkpoint(tmp_path / "queued" / "last.pt")["state_dict"]
         direct = read_checkpoint(tmp_path / "direct" / "last.pt")["state_dict"]
         assert all(torch.equal(queued[k], direct[k]) for k in direct)
+    finally:
+        q.close()
+
+
+def test_queued_eval_scores_a_checkpoint(queue, scenes):
+    from lstmdet.checkpoint import default_model_path
+
+    weights = scenes.parent.parent / "default.pt"
+    weights.write_bytes(default_model_path().read_bytes())
+    out = scenes.parent.parent / "eval" / "metrics.json"
+    data = {"name": "digits_det", "images": 24, "seed": 5, "size": 128, "split": "test"}
+    job = queue.client.submit_eval(weights, data=data, out=out, batch_size=8)
+    record = queue.client.wait(job, timeout=120)
+    assert record["state"] == "succeeded", record
+    metrics = json.loads(out.read_text())
+    assert metrics["map"] == pytest.approx(record["result"]["metrics"]["map"]) and metrics["map"] > 0.5
+
+
+@pytest.mark.gpu
+def test_gpu_worker_runs_detect_on_cuda_and_equals_in_process(scenes, tmp_path):
+    q = Queue(tmp_path, data=scenes.parent)
+    try:
+        q.worker("--queues", "gpu", "--gpus", "0")
+        job = q.client.submit_detect(scenes, tmp_path / "out", device="cuda", **DETECT)
+        record = q.client.wait(job, timeout=300)
+        assert record["state"] == "succeeded" and record["queue"] == "gpu", record
+        assert record["result"]["device"].startswith("cuda")
+        lstmdet.detect(scenes, tmp_path / "direct", device="cuda", progress=False, **DETECT)
+        assert_same_files(tmp_path / "out", tmp_path / "direct")
     finally:
         q.close()
