@@ -368,7 +368,7 @@ def test_dockerfile_entrypoint_cmd_and_environment() -> None:
     (entrypoint,) = _instruction("ENTRYPOINT")
     assert json.loads(entrypoint) == ["lstmdet"]
     (cmd,) = _instruction("CMD")
-    assert json.loads(cmd) == ["worker", "--queues", "gpu"]
+    assert json.loads(cmd) == ["worker", "--queues", "gpu", "--gpus", "0"]
     env = " ".join(_instruction("ENV"))
     assert "PYTHONUNBUFFERED=1" in env.split()
     assert _instruction("WORKDIR")
@@ -506,3 +506,16 @@ def test_worker_commands_use_only_flags_the_cli_accepts() -> None:
         assert all(value and not value.startswith("-") for value in flags.values()), f"{where}: flag without value"
         positional = [t for t in argv[1:] if not t.startswith("--") and t not in flags.values()]
         assert not positional, f"{where}: unexpected arguments {positional}"
+
+
+def test_worker_commands_are_plans_the_launcher_accepts() -> None:
+    """Each command line, parsed by lstmdet's own CLI, gives worker processes (nothing is started)."""
+    from lstmdet.cli.main import build_parser
+    from lstmdet.workers.launcher import parse_gpus, plan_workers
+
+    for where, argv in _worker_commands():
+        args = build_parser().parse_args(argv)
+        gpus = parse_gpus(args.gpus)
+        queues = (args.queues or ("gpu" if gpus else "cpu")).split(",")
+        plans = plan_workers(queues=queues, gpus=gpus, concurrency=args.concurrency, cores=2)
+        assert len(plans) == max(1, len(gpus)), where
