@@ -42,3 +42,23 @@ def detect_config(encoder: dict, head: str = "fcos", **extra) -> dict:
             "head": {"name": head, "num_classes": 3, **extra},
         },
     }
+
+
+def install_plugin(site: Path, package: str, source: str, entry_point: str) -> Path:
+    """Write ``package`` (one module) and its ``.dist-info`` into ``site``, as pip would install it.
+
+    Args:
+        site: A folder to put on ``PYTHONPATH`` / ``sys.path``.
+        package: Import name of the plugin package.
+        source: Its ``__init__.py``.
+        entry_point: Name of its entry point in the ``lstmdet`` group.
+    """
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(source)
+    dist_info = site / f"{package}-0.3.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 0.3\n")
+    (dist_info / "entry_points.txt").write_text(f"[lstmdet]\n{entry_point} = {package}\n")
+    (dist_info / "INSTALLER").write_text("pip\n")
+    (dist_info / "RECORD").write_text("")
+    return site

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from helpers import install_plugin
 
 PLUGIN_SOURCE = '''
 """A GRU sweep encoder and a tiny backbone, registered the way any third party would."""
@@ -49,15 +52,6 @@ def lstmdet_register_backbones(registry):
 
 
 @pytest.fixture()
-def plugin_site(tmp_path):
-    site = tmp_path / "site"
-    package = site / "lstmdet_gru_plugin"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(PLUGIN_SOURCE)
-    dist_info = site / "lstmdet_gru_plugin-0.3.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: lstmdet-gru-plugin\nVersion: 0.3\n")
-    (dist_info / "entry_points.txt").write_text("[lstmdet]\ngru = lstmdet_gru_plugin\n")
-    (dist_info / "INSTALLER").write_text("pip\n")
-    (dist_info / "RECORD").write_text("")
-    return site
+def plugin_site(tmp_path: Path) -> Path:
+    """A site folder holding the GRU plugin (an encoder and a backbone)."""
+    return install_plugin(tmp_path / "site", "lstmdet_gru_plugin", PLUGIN_SOURCE, "gru")

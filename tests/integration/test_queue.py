@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, install_plugin, run_cli
 from queue_harness import RedisServer, Worker, make_certificates, wait_for
 
 import lstmdet
@@ -324,5 +324,43 @@ def test_gpu_worker_runs_detect_on_cuda_and_equals_in_process(scenes, tmp_path):
         assert record["result"]["device"].startswith("cuda")
         lstmdet.detect(scenes, tmp_path / "direct", device="cuda", progress=False, **DETECT)
         assert_same_files(tmp_path / "out", tmp_path / "direct")
+    finally:
+        q.close()
+
+
+POISON_SOURCE = """
+import os
+import signal
+
+from lstmdet import hookimpl
+
+
+def poison(**options):
+    os.kill(os.getpid(), signal.SIGKILL)  # kills the worker process that builds it, every time
+
+
+@hookimpl
+def lstmdet_register_backbones(registry):
+    registry.add("poison", poison)
+"""
+
+
+def test_a_poison_job_fails_after_the_delivery_cap(tmp_path):
+    """A job that kills its worker process on every delivery ends failed instead of looping forever."""
+    site = install_plugin(tmp_path / "site", "lstmdet_poison", POISON_SOURCE, "poison")
+    q = Queue(tmp_path, pythonpath=site)
+    try:
+        worker = q.worker()
+        config = _train_config(tmp_path)
+        config["model"]["backbone"] = {"name": "poison"}
+        sys.path.insert(0, str(site))  # the client validates the config against the installed plugins
+        try:
+            job = q.client.submit_train(config, tmp_path / "poisoned")
+        finally:
+            sys.path.remove(str(site))
+        record = q.client.wait(job, timeout=180)
+        assert record["state"] == "failed" and "delivered 4 times" in record["error"], record
+        assert worker.process.poll() is None  # the worker itself lives on (only its pool process died)
+        assert q.client.store.redis.get(f"lstmdet:deliveries:{job}:0") == "4"
     finally:
         q.close()
