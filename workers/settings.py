@@ -112,6 +112,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # kombu sweeps for unacknowledged tasks past their visibility timeout every interval x
+        # throttle seconds (100 s by default): sweep every interval, and never hold the sweep lock
+        # long if a worker dies holding it, so a lost task comes back soon after its timeout.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(10, min(300, settings.visibility_timeout)),
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
         "socket_keepalive": True,
