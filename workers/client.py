@@ -56,9 +56,8 @@ class JobClient:
             if queue not in QUEUES:
                 raise LstmdetError(f"unknown queue {queue!r}; use one of {', '.join(QUEUES)}")
             return queue
-        device = spec.get("options", {}).get("device") if kind == "detect" else spec.get("device")
-        if kind == "train":
-            device = spec["config"]["train"]["device"]
+        device = {"train": lambda: spec["config"]["train"]["device"], "detect": lambda: spec["options"].get("device"),
+                  "eval": lambda: spec.get("device")}[kind]()  # fmt: skip
         if isinstance(device, str) and device.startswith("cuda"):
             return "gpu"
         if device == "cpu":

@@ -162,10 +162,14 @@ class JobStore:
         applied = self._call(self._set_state, [_PREFIX + job_id], args)
         return applied == 1
 
-    def start(self, job_id: str) -> bool:
-        """Mark the job ``running`` (keeping its first start time); False when it already ended."""
-        record = self.get(job_id)
-        if record is None or record["state"] in FINAL:
+    def start(self, job_id: str, record: dict[str, Any]) -> bool:
+        """Mark the job ``running`` (keeping its first start time); False when it already ended.
+
+        Args:
+            job_id: The job.
+            record: Its record as just read (:meth:`get`).
+        """
+        if record["state"] in FINAL:
             return False
         fields: dict[str, Any] = {"state": "running"}
         if not record.get("started"):

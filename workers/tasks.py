@@ -100,7 +100,7 @@ class _Delivery:
         except LstmdetError as exc:
             store.finish(job_id, "failed", error=f"refused by the worker: {exc}")
             return
-        store.start(job_id)
+        store.start(job_id, record)
         self.queue = record["queue"]
         self.run = True
 

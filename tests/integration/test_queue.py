@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import ROOT, install_plugin, run_cli
 from queue_harness import RedisServer, Worker, make_certificates, wait_for
+from test_detect import assert_same_outputs
 
 import lstmdet
 from lstmdet.checkpoint import read_checkpoint
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.redis
 
 SHARED = ROOT.parent / "shared" / "data"
 FINAL = ("detections.jsonl", "images.json", "coco_results.json", "options.json")
-TIMING = ("seconds", "images_per_s")
 DETECT = {"workers": 0, "batch_size": 2}  # no loader processes: small and deterministic
 
 
@@ -102,14 +102,10 @@ def queue(scenes, tmp_path_factory):
 
 
 def assert_same_files(out: Path, reference: Path) -> None:
-    for name in FINAL:
-        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
-    summaries = [json.loads((d / "summary.json").read_text()) for d in (out, reference)]
-    assert [{k: v for k, v in s.items() if k not in TIMING} for s in summaries[:1]] == [
-        {k: v for k, v in s.items() if k not in TIMING} for s in summaries[1:]
-    ]
+    assert_same_outputs(out, reference)
     files = [json.loads(line)["file"] for line in (out / "detections.jsonl").read_text().splitlines()]
-    assert len(files) == len(set(files)) == summaries[1]["images"]  # every image exactly once
+    summary = json.loads((reference / "summary.json").read_text())
+    assert len(files) == len(set(files)) == summary["images"]  # every image exactly once
     assert sorted(p.name for p in out.iterdir()) == sorted([*FINAL, "summary.json"])
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_detect import TIMING, save_tiny
+from test_detect import assert_same_outputs, save_tiny
 
 import lstmdet
 from lstmdet.engine.detect import DetectOptions, open_detector
@@ -51,18 +51,11 @@ def sharded(src: Path, out: Path, weights: Path, shard_size: int, **options) -> 
     return merge_shards(out)
 
 
-def assert_same_run(a: Path, b: Path, summary_a: dict, summary_b: dict) -> None:
-    for name in FINAL:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    drop = lambda s: {k: v for k, v in s.items() if k not in TIMING}  # noqa: E731
-    assert drop(summary_a) == drop(summary_b)
-
-
 def test_shards_merge_to_the_in_process_files(tmp_path, weights):
     src = folder(tmp_path / "src", 21)
-    expected = lstmdet.detect(src, tmp_path / "direct", weights, batch_size=4, workers=0, progress=False)
+    lstmdet.detect(src, tmp_path / "direct", weights, batch_size=4, workers=0, progress=False)
     summary = sharded(src, tmp_path / "job", weights, shard_size=6, batch_size=4)  # 6 -> 8: whole batches
-    assert_same_run(tmp_path / "direct", tmp_path / "job", expected, summary)
+    assert_same_outputs(tmp_path / "direct", tmp_path / "job")
     assert summary["images"] == 22 and summary["failed"] == 1
     assert not shard_folder(tmp_path / "job").exists()
     assert sorted(p.name for p in (tmp_path / "job").iterdir()) == sorted([*FINAL, "summary.json"])
@@ -72,13 +65,13 @@ def test_shards_merge_to_the_in_process_files(tmp_path, weights):
 def test_sequence_shards_keep_videos_whole(tmp_path):
     convlstm = save_tiny(tmp_path / "convlstm.pt", {"name": "convlstm", "hidden": 8})
     src = folder(tmp_path / "videos", 18, videos=3)
-    expected = lstmdet.detect(src, tmp_path / "direct", convlstm, sequence=True, batch_size=2, workers=0,
+    lstmdet.detect(src, tmp_path / "direct", convlstm, sequence=True, batch_size=2, workers=0,
                               progress=False)  # fmt: skip
     opts = DetectOptions(workers=0, sequence=True, batch_size=2)
     plan = plan_shards(src, tmp_path / "job", open_detector(convlstm, device="cpu"), opts, shard_size=4, job="job-1")
     assert plan.shards == [[0, 6], [6, 12], [12, 18]]  # one video each, never cut inside a video
-    summary = sharded(src, tmp_path / "job", convlstm, shard_size=4, sequence=True, batch_size=2)
-    assert_same_run(tmp_path / "direct", tmp_path / "job", expected, summary)
+    sharded(src, tmp_path / "job", convlstm, shard_size=4, sequence=True, batch_size=2)
+    assert_same_outputs(tmp_path / "direct", tmp_path / "job")
 
 
 def test_a_done_shard_is_never_redone_and_cancel_leaves_nothing(tmp_path, weights):
