@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LSTMDET_BIN = Path(sys.executable).with_name("lstmdet")
+#: summary.json fields that depend on timing.
+TIMING = ("seconds", "images_per_s")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -62,3 +65,16 @@ def install_plugin(site: Path, package: str, source: str, entry_point: str) -> P
     (dist_info / "INSTALLER").write_text("pip\n")
     (dist_info / "RECORD").write_text("")
     return site
+
+
+def assert_same_outputs(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Same files under ``a`` and ``b``, byte for byte; ``summary.json`` equal but for timing and ``ignore``."""
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files_a:
+        if rel.name == "summary.json":
+            drop = (*TIMING, *ignore)
+            sa, sb = (json.loads((root / rel).read_text()) for root in (a, b))
+            assert {k: v for k, v in sa.items() if k not in drop} == {k: v for k, v in sb.items() if k not in drop}
+        else:
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, install_plugin, run_cli
+from helpers import ROOT, assert_same_outputs, install_plugin, run_cli
 from queue_harness import RedisServer, Worker, make_certificates, wait_for
-from test_detect import assert_same_outputs
 
 import lstmdet
 from lstmdet.checkpoint import read_checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, TIMING, assert_same_outputs
 from PIL import Image
 
 import lstmdet
@@ -24,7 +24,6 @@ from lstmdet.engine.writers import annotated_path
 from lstmdet.errors import LstmdetError
 
 COCO128 = ROOT.parent / "shared" / "data" / "coco128-val"
-TIMING = ("seconds", "images_per_s")
 
 
 def tiny_config(encoder: dict | None = None) -> dict:
@@ -206,18 +205,6 @@ def test_odd_and_broken_files_give_exact_lines_and_identical_reruns(tmp_path, we
     assert {k: v for k, v in first.items() if k not in (*TIMING, "workers")} == {
         k: v for k, v in second.items() if k not in (*TIMING, "workers")
     }
-
-
-def assert_same_outputs(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> None:
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    for rel in files_a:
-        if rel.name == "summary.json":
-            drop = (*TIMING, *ignore)
-            sa, sb = (json.loads((root / rel).read_text()) for root in (a, b))
-            assert {k: v for k, v in sa.items() if k not in drop} == {k: v for k, v in sb.items() if k not in drop}
-        else:
-            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, weights):
