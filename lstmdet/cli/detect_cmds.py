@@ -42,7 +42,10 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="CKPT", help="checkpoint file (default: the model shipped with lstmdet)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="image-decoding processes (default 2)")
+    p.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="image-decoding processes (default: 0 on CPU with <= 2 cores, else min(4, cores/2); CUDA: cores-1, <= 8)",
+    )  # fmt: skip
     p.add_argument("--conf", type=float, metavar="F", help="minimum score kept (default: the head's)")
     p.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold (default: the head's)")
     p.add_argument("--max-det", type=int, metavar="N", help="detections kept per image (default: the head's)")

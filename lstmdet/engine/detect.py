@@ -5,12 +5,17 @@ limit checked on the header, EXIF orientation applied, any mode to RGB) while th
 previous batch under ``torch.inference_mode``; each result is appended to ``detections.jsonl`` at
 once (see :mod:`lstmdet.engine.writers`), and the other files are derived from it at the end.
 
+Loader processes. ``workers=None`` (the default) chooses for the machine: none where it has 2 or
+fewer cores (decoding in this process, between batches, is faster there than processes competing
+with the model's threads for the cores), else ``min(4, cores // 2)``.
+
 Reproducibility. A detector pads the images of a batch to a common size, so an image's detections
-depend slightly on its batch mates. Batches are therefore fixed slices of the input order
-(``batch_size`` files each), and ``--resume`` recomputes a whole slice when any of its files is
-missing (writing only the missing lines): a resumed run writes exactly what an uninterrupted one
-would have. It must use the same options (weights, thresholds, batch size...), which
-``options.json`` records.
+depend slightly on its batch mates. (Running each padded shape as its own batch would avoid that,
+but on CPU the extra forward passes cost more than the padding: see ``benchmarks/RESULTS.md``.)
+Batches are therefore fixed slices of the input order (``batch_size`` files each), and
+``--resume`` recomputes a whole slice when any of its files is missing (writing only the missing
+lines): a resumed run writes exactly what an uninterrupted one would have. It must use the same
+options (weights, thresholds, batch size...), which ``options.json`` records.
 
 Sequence mode (``--sequence``): SRC holds one folder of frames per video (any depth; the frames
 of a video are the image files directly in its folder, sorted by name). A stateful model (e.g. a
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +44,7 @@ from tqdm import tqdm
 
 from lstmdet.data.images import DEFAULT_MAX_PIXELS
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
+from lstmdet.engine.malloc import keep_freed_memory
 from lstmdet.engine.writers import (
     DETECTIONS,
     OPTIONS,
@@ -95,7 +102,7 @@ class DetectOptions:
     """
 
     batch_size: int = 8
-    workers: int = 2
+    workers: int | None = None
     score_thresh: float | None = None
     nms_thresh: float | None = None
     max_detections: int | None = None
@@ -107,7 +114,8 @@ class DetectOptions:
 
     def __post_init__(self) -> None:
         _check(self.batch_size, "batch_size", "--batch-size", 1, integer=True)
-        _check(self.workers, "workers", "--workers", 0, integer=True)
+        if self.workers is not None:
+            _check(self.workers, "workers", "--workers", 0, integer=True)
         _check(self.max_pixels, "max_pixels", "--max-pixels", 1, integer=True)
         for value, name, flag in (
             (self.score_thresh, "score_thresh", "--conf"),
@@ -131,6 +139,20 @@ class DetectOptions:
     def to_json(self) -> dict[str, Any]:
         """The options as a JSON-ready dict."""
         return asdict(self)
+
+    def loader_workers(self, device: torch.device | str) -> int:
+        """Loader processes to use: ``workers``, or when it is ``None`` a choice for this machine.
+
+        On CPU with 2 or fewer cores: 0, since loader processes would compete with the model's
+        threads for the cores (measured in ``benchmarks/RESULTS.md``); on CPU otherwise
+        ``min(4, cores // 2)``; on CUDA, where the cores are free for decoding, ``min(8, cores - 1)``.
+        """
+        if self.workers is not None:
+            return self.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if torch.device(device).type == "cuda":
+            return max(1, min(8, cores - 1))
+        return 0 if cores <= 2 else min(4, cores // 2)
 
 
 class Detector(NamedTuple):
@@ -306,8 +328,9 @@ def detect(
             :class:`~lstmdet.errors.Cancelled`, leaving ``detections.jsonl`` resumable and no
             final file written.
         **options: The fields of :class:`DetectOptions`: ``batch_size`` (images per forward
-            pass; frames per loader batch in sequence mode), ``workers`` (loader processes; 0
-            decodes in this process), ``score_thresh``, ``nms_thresh``, ``max_detections`` (head
+            pass; frames per loader batch in sequence mode), ``workers`` (loader
+            processes; 0 decodes in this process; ``None`` chooses, see the module docstring),
+            ``score_thresh``, ``nms_thresh``, ``max_detections`` (head
             defaults when ``None``), ``device`` (``auto``, ``cpu``, ``cuda[:N]``), ``half``
             (float16 autocast, CUDA only), ``save_images`` (annotated copies under
             ``out/images/``), ``sequence`` (video mode, see the module docstring), ``max_pixels``
@@ -390,11 +413,12 @@ def detect_files(
             fit=None if opts.save_images else (net_input["size"], net_input["max_size"]),
         ),
         batch_sampler=Plan(inputs, opts.batch_size, resumed[0], by_video=stateful),
-        num_workers=opts.workers,
+        num_workers=opts.loader_workers(detector.device),
         collate_fn=as_list,
         pin_memory=cuda,
         persistent_workers=False,
     )
+    keep_freed_memory()
     runner = _Runner(detector.model, detector.device, opts.half and cuda)
     started = time.perf_counter()
     written = _process(
@@ -441,7 +465,7 @@ def summary_record(
         "classes": list(classes),
         "device": str(device),
         **{k: v for k, v in run_options.items() if k != "weights_sha256"},
-        "workers": opts.workers,
+        "workers": opts.loader_workers(device),
     }
     if opts.sequence:
         summary["videos"] = len(set(inputs.videos or ()))

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lstmdet.data.images import IMAGE_EXTENSIONS, ImageReadError, find_images, read_image_sized
 from lstmdet.errors import LstmdetError
+from lstmdet.transforms import resize_for_detection
 
 
 @dataclass
@@ -88,8 +89,10 @@ class ImageFiles(Dataset):
         names: Image files, ``/``-separated paths relative to ``root``.
         max_pixels: Largest ``width * height`` accepted (checked on the header, before decoding).
         uint8: Return ``uint8`` tensors (converted on the GPU, 4x less to copy) instead of float.
-        fit: The model's ``(size, max_size)``: lets JPEGs decode at reduced scale (see
-            :func:`~lstmdet.data.images.read_image_sized`); ``None`` decodes at full resolution.
+        fit: The model's ``(size, max_size)``: JPEGs decode at reduced scale (see
+            :func:`~lstmdet.data.images.read_image_sized`) and float images are resized to the
+            model's input size here, in the loader process, exactly as the model would
+            (:func:`~lstmdet.transforms.resize_for_detection`). ``None``: full resolution.
     """
 
     def __init__(
@@ -112,7 +115,12 @@ class ImageFiles(Dataset):
         except Exception as exc:  # e.g. MemoryError on a huge but allowed image: an error line, not a crash
             return index, None, f"cannot decode the image ({type(exc).__name__}: {exc})", None
         image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-        return index, (image if self.uint8 else image.float().div_(255.0)), None, size
+        if self.uint8:
+            return index, image, None, size
+        image = image.float().div_(255.0)
+        if self.fit is not None:
+            image = resize_for_detection(image, *self.fit)
+        return index, image, None, size
 
 
 def as_list(batch: list) -> list:

@@ -20,6 +20,7 @@ import lstmdet
 from lstmdet.checkpoint import save_checkpoint
 from lstmdet.data.coco import yolo_to_coco
 from lstmdet.data.images import find_images
+from lstmdet.engine.detect import DetectOptions
 from lstmdet.engine.writers import annotated_path
 from lstmdet.errors import LstmdetError
 
@@ -233,6 +234,40 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, weights):
         run(src, cut, weights, batch_size=4, resume=True)
 
 
+def assert_records_match(records: list[dict], predictions: list[dict], scales: list[float]) -> None:
+    """``detections.jsonl`` records equal model predictions (boxes xyxy in model pixels x ``scale``)."""
+    assert len(records) == len(predictions) == len(scales)
+    for record, pred, scale in zip(records, predictions, scales, strict=True):
+        boxes = torch.tensor([d["bbox"] for d in record["detections"]], dtype=torch.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        assert torch.allclose(boxes, pred["boxes"].double() * scale, atol=2e-3), record["file"]
+        assert torch.allclose(torch.tensor([d["score"] for d in record["detections"]]), pred["scores"], atol=2e-5)
+        assert [d["category_id"] for d in record["detections"]] == pred["labels"].tolist()
+
+
+def test_images_resized_by_the_loader_give_what_model_predict_gives(tmp_path, weights):
+    # landscape, portrait and square images, each larger than the model's input (32-48 px): the
+    # loader (in this process, and in 2 loader processes) resizes them before the model sees them
+    src = tmp_path / "src"
+    src.mkdir()
+    shapes = [(60, 80), (80, 60), (64, 64), (48, 96), (96, 48), (61, 79)]
+    for i, (h, w) in enumerate(shapes):
+        Image.fromarray(noise(h, w, 40 + i)).save(src / f"im{i}.png")
+    run(src, tmp_path / "w0", weights, batch_size=1)
+    run(src, tmp_path / "w2", weights, batch_size=1, workers=2)
+
+    # the naive path: the full image through model.predict, one at a time
+    model = lstmdet.load(weights)
+    predictions = []
+    for i in range(len(shapes)):
+        image = torch.from_numpy(np.array(Image.open(src / f"im{i}.png"))).permute(2, 0, 1).float() / 255
+        predictions.extend(model.predict([image]))
+    for out in ("w0", "w2"):
+        records = lines(tmp_path / out)
+        assert [r["file"] for r in records] == [f"im{i}.png" for i in range(len(shapes))]
+        assert_records_match(records, predictions, [1.0] * len(shapes))
+
+
 def test_sequence_mode_equals_clip_inference(tmp_path, weights):
     convlstm = save_tiny(tmp_path / "convlstm.pt", {"name": "convlstm", "hidden": 8})
     model = lstmdet.load(convlstm)
@@ -259,12 +294,7 @@ def test_sequence_mode_equals_clip_inference(tmp_path, weights):
         clip = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames])
         expected.extend(model.predict([clip])[0])
     assert len(streamed) == len(expected) == 8
-    for record, pred in zip(streamed, expected, strict=True):
-        boxes = torch.tensor([d["bbox"] for d in record["detections"]], dtype=torch.float64)
-        boxes[:, 2:] += boxes[:, :2]
-        assert torch.allclose(boxes, pred["boxes"].double(), atol=2e-3)
-        assert torch.allclose(torch.tensor([d["score"] for d in record["detections"]]), pred["scores"], atol=2e-5)
-        assert [d["category_id"] for d in record["detections"]] == pred["labels"].tolist()
+    assert_records_match(streamed, expected, [1.0] * 8)
 
     # a stateless model in sequence mode: frames batched like still images, the same lines as a still-image run
     stateless = run(src, tmp_path / "stateless", weights, sequence=True, batch_size=4)
@@ -304,3 +334,15 @@ def test_single_file_and_usage_errors(tmp_path, weights):
     )  # fmt: skip
     with pytest.raises(LstmdetError, match="detection model"):
         lstmdet.detect(tmp_path / "one.jpg", tmp_path / "o5", model=classify, progress=False, workers=0)
+
+
+@pytest.mark.parametrize(
+    ("cores", "device", "expected"), [(1, "cpu", 0), (2, "cpu", 0), (4, "cpu", 2), (16, "cpu", 4), (2, "cuda", 1),
+                                      (16, "cuda", 8)]
+)  # fmt: skip
+def test_loader_workers_default_fits_the_machine(monkeypatch, cores, device, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert DetectOptions().loader_workers(device) == expected
+    assert DetectOptions(workers=3).loader_workers(device) == 3
+    with pytest.raises(LstmdetError, match="--workers"):
+        DetectOptions(workers=-1)
