@@ -287,14 +287,19 @@ class ConvLSTMEncoder(nn.Module):
         hidden: Channels of every layer's hidden and cell state; also ``out_channels``.
         layers: Number of stacked ConvLSTM layers.
         kernel_size: Odd, positive side of the square kernels (same padding keeps ``H, W``).
+        residual: Return ``x_t + h_t`` instead of ``h_t``: the frame's own features pass
+            through unchanged and the memory adds to them (needs ``hidden == in_channels``).
 
     Raises:
-        ValueError: An option is not a positive integer, or ``kernel_size`` is even.
+        ValueError: An option is not a positive integer, ``kernel_size`` is even, or
+            ``residual`` with ``hidden != in_channels``.
     """
 
     stateful = True
 
-    def __init__(self, in_channels: int, *, hidden: int = 64, layers: int = 1, kernel_size: int = 3) -> None:
+    def __init__(
+        self, in_channels: int, *, hidden: int = 64, layers: int = 1, kernel_size: int = 3, residual: bool = False
+    ) -> None:
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
         self.hidden = _positive_int("hidden", hidden)
@@ -305,6 +310,14 @@ class ConvLSTMEncoder(nn.Module):
                 f"convlstm option kernel_size={kernel_size!r} is not allowed: kernel_size must be odd "
                 f"(e.g. {kernel_size - 1} or {kernel_size + 1}) so that the output keeps the input's H and W"
             )
+        if not isinstance(residual, bool):
+            raise ValueError(f"convlstm option residual={residual!r} is not allowed: give true or false")
+        if residual and hidden != in_channels:
+            raise ValueError(
+                f"convlstm option residual=True adds the input to the output, so hidden ({hidden}) must "
+                f"equal the input's {in_channels} channels; set hidden: {in_channels}, or residual: false"
+            )
+        self.residual = residual
         self.out_channels = hidden
         self.layers = nn.ModuleList(
             ConvLSTMLayer(in_channels if n == 0 else hidden, hidden, kernel_size) for n in range(layers)
@@ -313,7 +326,7 @@ class ConvLSTMEncoder(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, hidden={self.hidden}, layers={self.num_layers}, "
-            f"kernel_size={self.kernel_size}"
+            f"kernel_size={self.kernel_size}, residual={self.residual}"
         )
 
     def forward(self, x: Tensor, state: ConvLSTMState | None = None) -> tuple[Tensor, ConvLSTMState]:
@@ -327,7 +340,8 @@ class ConvLSTMEncoder(nn.Module):
 
         Returns:
             ``(y, state)``: ``y`` ``(B, T, hidden, H, W)`` is the last layer's ``h_t`` for every
-            step; ``state`` is ``[(h_T, c_T)]`` per layer, to pass to the next call.
+            step (plus ``x_t`` with ``residual``); ``state`` is ``[(h_T, c_T)]`` per layer, to
+            pass to the next call.
 
         Raises:
             ValueError: ``x`` or ``state`` has the wrong shape.
@@ -339,7 +353,7 @@ class ConvLSTMEncoder(nn.Module):
             h0, c0 = (None, None) if state is None else state[n]
             y, c_last = layer(y, h0, c0)
             new_state.append((y[:, -1].clone(), c_last))  # a copy: a view would pin all T steps
-        return y.contiguous(), new_state
+        return (x + y if self.residual else y.contiguous()), new_state
 
     def _check_input(self, x: Tensor, state: ConvLSTMState | None) -> None:
         if x.dim() != 5 or x.shape[2] != self.in_channels or x.shape[1] < 1:

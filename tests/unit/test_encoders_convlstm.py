@@ -68,6 +68,20 @@ def test_shapes_and_attributes() -> None:
     torch.testing.assert_close(state[1][0], y[:, -1])
 
 
+def test_residual_adds_the_input_to_the_plain_convlstm_and_streams() -> None:
+    torch.manual_seed(4)
+    enc = ConvLSTMEncoder(4, hidden=4, layers=2, residual=True)
+    x = torch.randn(2, 5, 4, 6, 7)
+    y, state = enc(x)
+    plain, plain_state = _plain_convlstm(enc, x)
+    torch.testing.assert_close(y, x + plain, atol=1e-5, rtol=1e-5)
+    # the state is h, not x + h
+    torch.testing.assert_close(state[-1][0], plain_state[-1][0], atol=1e-5, rtol=1e-5)
+    first, mid = enc(x[:, :2])
+    rest, _ = enc(x[:, 2:], mid)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), y, atol=1e-5, rtol=1e-5)
+
+
 def test_one_step_matches_hand_computation() -> None:
     torch.manual_seed(0)
     enc = ConvLSTMEncoder(3, hidden=4, kernel_size=3)
@@ -197,6 +211,8 @@ def test_flops_by_hand() -> None:
         ({"kernel_size": 4}, "kernel_size"),
         ({"kernel_size": 0}, "kernel_size"),
         ({"kernel_size": -3}, "kernel_size"),
+        ({"residual": "yes"}, "residual"),
+        ({"residual": True, "hidden": 5}, "residual"),
     ],
 )
 def test_bad_options_raise_value_error_naming_the_option(options: dict[str, object], option: str) -> None:
