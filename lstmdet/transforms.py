@@ -64,7 +64,7 @@ def resized_size(height: int, width: int, min_size: float, max_size: float) -> t
 
 
 def resize_for_detection(image: Tensor, min_size: float, max_size: float) -> Tensor:
-    """Resize ``(3, H, W)`` (or ``(N, 3, H, W)``) images as ``GeneralizedRCNNTransform`` does in eval mode.
+    """Resize a ``(3, H, W)`` image as ``GeneralizedRCNNTransform`` does in eval mode.
 
     Bilinear, ``align_corners=False``, to :func:`resized_size`; an image already at that size is
     returned as it is (the interpolation would be the identity). Lets loader processes shrink
@@ -74,9 +74,7 @@ def resize_for_detection(image: Tensor, min_size: float, max_size: float) -> Ten
     size = resized_size(height, width, min_size, max_size)
     if size == (height, width):
         return image
-    batch = image if image.dim() == 4 else image[None]
-    resized = F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
-    return resized if image.dim() == 4 else resized[0]
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 class DetectTransform(GeneralizedRCNNTransform):

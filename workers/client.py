@@ -56,8 +56,12 @@ class JobClient:
             if queue not in QUEUES:
                 raise LstmdetError(f"unknown queue {queue!r}; use one of {', '.join(QUEUES)}")
             return queue
-        device = {"train": lambda: spec["config"]["train"]["device"], "detect": lambda: spec["options"].get("device"),
-                  "eval": lambda: spec.get("device")}[kind]()  # fmt: skip
+        if kind == "train":
+            device = spec["config"]["train"]["device"]
+        elif kind == "detect":
+            device = spec["options"].get("device")
+        else:
+            device = spec.get("device")
         if isinstance(device, str) and device.startswith("cuda"):
             return "gpu"
         if device == "cpu":

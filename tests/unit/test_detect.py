@@ -234,13 +234,13 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, weights):
         run(src, cut, weights, batch_size=4, resume=True)
 
 
-def assert_records_match(records: list[dict], predictions: list[dict], scales: list[float]) -> None:
-    """``detections.jsonl`` records equal model predictions (boxes xyxy in model pixels x ``scale``)."""
-    assert len(records) == len(predictions) == len(scales)
-    for record, pred, scale in zip(records, predictions, scales, strict=True):
+def assert_records_match(records: list[dict], predictions: list[dict]) -> None:
+    """``detections.jsonl`` records equal model predictions (boxes xyxy in original pixels)."""
+    assert len(records) == len(predictions)
+    for record, pred in zip(records, predictions, strict=True):
         boxes = torch.tensor([d["bbox"] for d in record["detections"]], dtype=torch.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        assert torch.allclose(boxes, pred["boxes"].double() * scale, atol=2e-3), record["file"]
+        assert torch.allclose(boxes, pred["boxes"].double(), atol=2e-3), record["file"]
         assert torch.allclose(torch.tensor([d["score"] for d in record["detections"]]), pred["scores"], atol=2e-5)
         assert [d["category_id"] for d in record["detections"]] == pred["labels"].tolist()
 
@@ -265,7 +265,7 @@ def test_images_resized_by_the_loader_give_what_model_predict_gives(tmp_path, we
     for out in ("w0", "w2"):
         records = lines(tmp_path / out)
         assert [r["file"] for r in records] == [f"im{i}.png" for i in range(len(shapes))]
-        assert_records_match(records, predictions, [1.0] * len(shapes))
+        assert_records_match(records, predictions)
 
 
 def test_sequence_mode_equals_clip_inference(tmp_path, weights):
@@ -294,7 +294,7 @@ def test_sequence_mode_equals_clip_inference(tmp_path, weights):
         clip = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames])
         expected.extend(model.predict([clip])[0])
     assert len(streamed) == len(expected) == 8
-    assert_records_match(streamed, expected, [1.0] * 8)
+    assert_records_match(streamed, expected)
 
     # a stateless model in sequence mode: frames batched like still images, the same lines as a still-image run
     stateless = run(src, tmp_path / "stateless", weights, sequence=True, batch_size=4)

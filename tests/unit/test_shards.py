@@ -66,8 +66,7 @@ def test_shards_merge_to_the_in_process_files(tmp_path, weights):
 def test_sequence_shards_keep_videos_whole(tmp_path):
     convlstm = save_tiny(tmp_path / "convlstm.pt", {"name": "convlstm", "hidden": 8})
     src = folder(tmp_path / "videos", 18, videos=3)
-    lstmdet.detect(src, tmp_path / "direct", convlstm, sequence=True, batch_size=2, workers=0,
-                              progress=False)  # fmt: skip
+    lstmdet.detect(src, tmp_path / "direct", convlstm, sequence=True, batch_size=2, workers=0, progress=False)
     opts = DetectOptions(workers=0, sequence=True, batch_size=2)
     plan = plan_shards(src, tmp_path / "job", open_detector(convlstm, device="cpu"), opts, shard_size=4, job="job-1")
     assert plan.shards == [[0, 6], [6, 12], [12, 18]]  # one video each, never cut inside a video
