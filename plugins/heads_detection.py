@@ -93,6 +93,23 @@ def _norm_layer(head: str, norm: str, channels: int) -> Callable[..., nn.Module]
     return None
 
 
+def _check_offsets(head: str, offsets: object) -> tuple[tuple[float, float], ...]:
+    """``offsets`` as a tuple of ``(dx, dy)`` float pairs, each in ``[0, 1)``, without repeats."""
+    hint = "give a list of [dx, dy] pairs in units of the stride, each in [0, 1), e.g. [[0, 0], [0.5, 0]]"
+    if isinstance(offsets, (str, bytes)) or not isinstance(offsets, Sequence) or not offsets:
+        raise ValueError(f"{head} head: anchor_offsets must be a non-empty list; {hint}; got {offsets!r}")
+    pairs = []
+    for pair in offsets:
+        ok = isinstance(pair, Sequence) and not isinstance(pair, (str, bytes)) and len(pair) == 2
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in pair)
+        if not ok:
+            raise ValueError(f"{head} head: anchor_offsets has {pair!r}; {hint}")
+        pairs.append((float(pair[0]), float(pair[1])))
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"{head} head: anchor_offsets repeats a point ({offsets!r}); {hint}")
+    return tuple(pairs)
+
+
 def level_strides(image_height: int, feature_heights: Sequence[int]) -> tuple[int, ...]:
     """Stride of each feature level, derived from the padded image height.
 
@@ -281,9 +298,17 @@ class _HeadForward(abc.ABC):
 class FCOSDetectionHead(_HeadForward, FCOS):
     """FCOS head (torchvision's ``FCOSHead``, matching, losses and post-processing).
 
-    One anchor point per location; its size equals the level's stride, which FCOS uses for centre
+    Anchor points: by default one per location, at ``(j * stride, i * stride)`` as in torchvision.
+    Each anchor point is a square whose side is the level's stride, which FCOS uses for centre
     sampling (radius ``center_sampling_radius * stride``) and to assign boxes to levels (maximum
     regression distance in ``(4 * stride, 8 * stride)``, open-ended on the first and last level).
+
+    FCOS takes a location as a positive only when its anchor point lies strictly inside a box, so a
+    box narrower (or flatter) than the stride can fall between two points and be trained as
+    background. ``anchor_offsets`` adds points between the locations: ``[[0, 0], [0.5, 0]]`` gives
+    each location a second point half a stride to its right (points every ``stride / 2`` in x), and
+    the head predicts classes, box and centre-ness separately for each point of a location
+    (``num_anchors = len(anchor_offsets)`` outputs per location, as RetinaNet does for anchors).
 
     Args:
         in_channels: Channels ``C`` of every feature level.
@@ -296,6 +321,8 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         center_sampling_radius: Centre-sampling radius in units of the level stride.
         norm: Normalisation in the towers: ``"group"`` (torchvision's ``GroupNorm(32, C)``; needs
             ``C`` divisible by 32), ``"batch"`` or ``"none"``.
+        anchor_offsets: Anchor points of a location as ``(dx, dy)`` pairs in units of the stride,
+            each in ``[0, 1)``, without repeats; ``[[0, 0]]`` is torchvision's FCOS.
 
     Raises:
         ValueError: An option is out of range; the message names it and the allowed values.
@@ -315,6 +342,7 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         topk_candidates: int = 1000,
         center_sampling_radius: float = 1.5,
         norm: str = "group",
+        anchor_offsets: Sequence[Sequence[float]] = ((0.0, 0.0),),
     ) -> None:
         nn.Module.__init__(self)  # torchvision's FCOS.__init__ would build a backbone and transform
         name = self._name
@@ -323,16 +351,17 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         num_convs = _check_int(name, "num_convs", num_convs, 0)
         norm_layer = _norm_layer(name, norm, in_channels)
         self.norm = norm
-        self.num_anchors = 1
+        self.anchor_offsets = _check_offsets(name, anchor_offsets)
+        self.num_anchors = a = len(self.anchor_offsets)
         if norm == "group":
-            self.head = FCOSHead(in_channels, 1, num_classes, num_convs=num_convs)
+            self.head = FCOSHead(in_channels, a, num_classes, num_convs=num_convs)
         else:  # FCOSHead hard-codes GroupNorm; its sub-heads take norm_layer ("none": identity)
-            self.head = FCOSHead(in_channels, 1, num_classes, num_convs=0)
+            self.head = FCOSHead(in_channels, a, num_classes, num_convs=0)
             layer = norm_layer if norm_layer is not None else nn.Identity
             self.head.classification_head = FCOSClassificationHead(
-                in_channels, 1, num_classes, num_convs=num_convs, norm_layer=layer
+                in_channels, a, num_classes, num_convs=num_convs, norm_layer=layer
             )
-            self.head.regression_head = FCOSRegressionHead(in_channels, 1, num_convs=num_convs, norm_layer=layer)
+            self.head.regression_head = FCOSRegressionHead(in_channels, a, num_convs=num_convs, norm_layer=layer)
         self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
         self.center_sampling_radius = _check_float(
             name, "center_sampling_radius", center_sampling_radius, 0.0, math.inf, low_open=True
@@ -347,12 +376,22 @@ class FCOSDetectionHead(_HeadForward, FCOS):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, norm={self.norm!r}, score_thresh={self.score_thresh}, "
-            f"nms_thresh={self.nms_thresh}, center_sampling_radius={self.center_sampling_radius}"
+            f"nms_thresh={self.nms_thresh}, center_sampling_radius={self.center_sampling_radius}, "
+            f"anchor_offsets={[list(o) for o in self.anchor_offsets]}"
         )
 
     def _make_anchor_generator(self, strides: tuple[int, ...]) -> AnchorGenerator:
-        # As torchvision's FCOS default: one square anchor per location, side = the level stride.
-        return AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+        # As torchvision's FCOS default: square anchors, side = the level stride, centred on the
+        # location; with offsets, one such square per offset (location-major, offset-minor, the
+        # order in which the head's outputs come).
+        generator = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+        if self.anchor_offsets != ((0.0, 0.0),):
+            offsets = torch.tensor(self.anchor_offsets, dtype=torch.float32)  # (A, 2)
+            generator.cell_anchors = [
+                torch.cat([offsets, offsets], dim=1) * s + cell
+                for s, cell in zip(strides, generator.cell_anchors, strict=True)
+            ]
+        return generator
 
     def _losses(
         self,
