@@ -93,3 +93,21 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     torch.save(data, path)
     with pytest.raises(CheckpointError, match="do not fit"):
         lstmdet.load(path)
+
+
+@pytest.mark.slow
+def test_shipped_default_model_detects_held_out_digits():
+    """The default model finds digits it never saw: mAP@[.5:.95] on 60 generated test scenes.
+
+    The scenes use the recipe's test seed and the 2,000 held-out MNIST digits; benchmarks/RESULTS.md
+    gives 0.85+ on the recipe's 500 test scenes, so 0.8 on 60 leaves room for sampling only.
+    """
+    from lstmdet.engine.data import AugmentedDataset, build_dataset
+    from lstmdet.engine.evaluate import evaluate
+
+    model = lstmdet.load()
+    assert model.task == "detect" and model.classes == [str(d) for d in range(10)]
+    spec = {"name": "digits_det", "images": 60, "seed": 7, "size": 128, "split": "test"}
+    dataset = AugmentedDataset(build_dataset(spec, "data"), task="detect", split="eval", augment=None, seed=0)
+    metrics = evaluate(model, dataset)
+    assert metrics["map"] > 0.8 and metrics["map_50"] > 0.95, metrics
