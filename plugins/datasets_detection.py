@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from lstmdet import hookimpl
 from lstmdet.data.coco import (
+    check_missing_labels,
     coco_target,
     load_coco,
     read_yolo_names,
@@ -121,6 +122,8 @@ class YoloDetection(_FileDetection):
         root: Folder with ``images/`` (searched recursively) and ``labels/`` (same relative paths, ``.txt``).
         names: Class-names YAML (``names:`` list or ``{id: name}``); default ``root/names.yaml``.
         max_pixels: Largest ``width * height`` accepted per image.
+        missing_labels: ``"error"`` (default): an image without a label file raises, naming the file;
+            ``"empty"``: such an image has no objects (YOLO's convention for background images).
 
     Attributes:
         classes: Class names from ``names``.
@@ -129,13 +132,18 @@ class YoloDetection(_FileDetection):
         task: ``"detect"``.
 
     Raises:
-        DataFormatError: No ``images/`` folder, bad ``names``, a malformed label line or an unknown
-            class id (naming the file and line).
+        DataFormatError: No ``images/`` folder, bad ``names``, a missing label file, a malformed label
+            line or an unknown class id (naming the file and line).
     """
 
     def __init__(
-        self, root: str | os.PathLike, names: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+        self,
+        root: str | os.PathLike,
+        names: str | os.PathLike | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        missing_labels: str = "error",
     ) -> None:
+        check_missing_labels(missing_labels)
         root = Path(root)
         images_dir, labels_dir = yolo_layout(root)
         self.classes = read_yolo_names(root / "names.yaml" if names is None else names)
@@ -145,7 +153,9 @@ class YoloDetection(_FileDetection):
         self.records = []
         for path, (width, height) in self._probe_all(find_images(images_dir), max_pixels):
             label_file = yolo_label_path(path, images_dir, labels_dir)
-            boxes, labels = yolo_boxes(label_file, width, height, len(self.classes), source=label_file)
+            boxes, labels = yolo_boxes(
+                label_file, width, height, len(self.classes), source=label_file, missing_labels=missing_labels
+            )
             self.records.append((path, boxes, labels))
 
 

@@ -4,7 +4,7 @@
 
     lstmdet data digits-det OUT [--images N] [--seed S] [--size PX] [--split train|test]
     lstmdet data digits-video OUT [--clips N] [--frames T] [--seed S] [--size PX] [--split train|test]
-    lstmdet data convert yolo SRC OUT_JSON [--names YAML]
+    lstmdet data convert yolo SRC OUT_JSON [--names YAML] [--missing-labels error|empty]
 
 The generated datasets are built through the registry (``digits_det`` / ``digits_video``), so the
 files hold exactly what training on ``{name: digits_det, ...}`` sees. Output: ``OUT/images/`` and
@@ -83,6 +83,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", metavar="SRC", help="YOLO dataset folder")
     p.add_argument("out_json", metavar="OUT_JSON", help="COCO json file to write")
     p.add_argument("--names", default=None, help="class-names YAML (default SRC/names.yaml)")
+    p.add_argument(
+        "--missing-labels",
+        choices=("error", "empty"),
+        default="error",
+        help="an image without a label file: an error (default), or an image without objects",
+    )
     p.set_defaults(func=run_convert_yolo)
 
 
@@ -113,7 +119,7 @@ def run_convert_yolo(args: argparse.Namespace) -> int:
     """Convert a YOLO dataset to COCO json."""
     from lstmdet.data.coco import yolo_to_coco
 
-    summary = yolo_to_coco(args.src, args.out_json, names=args.names)
+    summary = yolo_to_coco(args.src, args.out_json, names=args.names, missing_labels=args.missing_labels)
     skipped = f", {summary['skipped']} unreadable images skipped" if summary["skipped"] else ""
     print(
         f"wrote {summary['images']} images, {summary['annotations']} boxes, {summary['categories']} categories "

@@ -20,8 +20,9 @@ Conventions every part of lstmdet follows (the engine, evaluation and batch dete
   ``track_id`` on annotations, unique over the whole file (from 1).
 * **YOLO labels** (``class cx cy w h``, normalised to the displayed image, as Ultralytics reads
   them) are converted with the displayed size from the image header (no decoding). A missing label
-  file means an image without objects (YOLO's convention). Polygon lines (``class x1 y1 x2 y2 ...``)
-  become their bounding box.
+  file is an error naming it, unless ``missing_labels="empty"`` asks for YOLO's convention (an image
+  without a label file has no objects). Polygon lines (``class x1 y1 x2 y2 ...``) become their
+  bounding box.
 * **Bad boxes.** Boxes reaching outside the image by more than :data:`CLIP_TOLERANCE` pixels are
   clipped with a warning naming the file; boxes narrower or lower than :data:`MIN_BOX_SIZE` pixels
   after clipping are dropped (also with a warning). Malformed lines, unknown class ids and broken
@@ -51,6 +52,8 @@ CLIP_TOLERANCE = 0.5
 MIN_BOX_SIZE = 0.01
 #: Image formats :func:`write_coco_dataset` can write.
 WRITE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
+#: What a missing YOLO label file means: an error, or an image without objects.
+MISSING_LABELS = ("error", "empty")
 
 
 class DataFormatError(LstmdetError):
@@ -256,23 +259,43 @@ def read_yolo_names(path: str | os.PathLike) -> list[str]:
     raise DataFormatError(f"YOLO class names {path} needs a 'names:' list or mapping of id -> name")
 
 
-def parse_yolo_labels(path: str | os.PathLike, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def check_missing_labels(value: object) -> str:
+    """``value`` if it is a valid ``missing_labels`` option, else ``ValueError`` listing the choices."""
+    if value not in MISSING_LABELS:
+        raise ValueError(
+            f"missing_labels must be 'error' (an image without a label file is an error) or 'empty' (it has no "
+            f"objects, YOLO's convention), got {value!r}"
+        )
+    return str(value)
+
+
+def parse_yolo_labels(
+    path: str | os.PathLike, num_classes: int, *, missing_labels: str = "error"
+) -> tuple[np.ndarray, np.ndarray]:
     """Parse a YOLO label file.
 
     Args:
         path: ``.txt`` file with one ``class cx cy w h`` (or ``class x1 y1 x2 y2 ...`` polygon) per line,
-            coordinates normalised to ``[0, 1]``. A missing file means no objects.
+            coordinates normalised to ``[0, 1]``.
         num_classes: Number of classes; class ids must lie in ``0..num_classes-1``.
+        missing_labels: What a missing file means: ``"error"`` raises, ``"empty"`` gives no objects.
 
     Returns:
         ``(labels, boxes)``: ``(N,)`` int64 and ``(N, 4)`` float64 normalised xyxy boxes.
 
     Raises:
-        DataFormatError: A malformed line (the message names file and line) or an unknown class id.
+        DataFormatError: The file is missing (with ``missing_labels="error"``), a malformed line
+            (the message names file and line) or an unknown class id.
     """
     path = Path(path)
     if not path.exists():
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float64)
+        if check_missing_labels(missing_labels) == "empty":
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float64)
+        raise DataFormatError(
+            f"YOLO label file {path} is missing; every image needs a label file at the same path under labels/ "
+            "(an empty file for an image without objects), or set missing_labels: empty (`lstmdet data convert "
+            "yolo --missing-labels empty`) to treat images without one as having no objects"
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -317,14 +340,22 @@ def yolo_label_path(image: Path, images_dir: Path, labels_dir: Path) -> Path:
 
 
 def yolo_boxes(
-    label_file: Path, width: int, height: int, num_classes: int, *, source: str | os.PathLike | None = None
+    label_file: Path,
+    width: int,
+    height: int,
+    num_classes: int,
+    *,
+    source: str | os.PathLike | None = None,
+    missing_labels: str = "error",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel boxes of one YOLO label file for an image of the given displayed size.
+
+    ``missing_labels`` is passed to :func:`parse_yolo_labels`.
 
     Returns:
         ``(boxes, labels)``: ``(N, 4)`` float32 xyxy pixels (clipped, degenerate dropped) and ``(N,)`` int64.
     """
-    labels, norm = parse_yolo_labels(label_file, num_classes)
+    labels, norm = parse_yolo_labels(label_file, num_classes, missing_labels=missing_labels)
     pixels = norm * np.array([width, height, width, height], dtype=np.float64)
     boxes, keep = sanitize_boxes(pixels, width, height, source=source or label_file)
     return boxes[keep], labels[keep]
@@ -347,6 +378,7 @@ def yolo_to_coco(
     *,
     names: str | os.PathLike | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    missing_labels: str = "error",
 ) -> dict[str, Any]:
     """Convert a YOLO dataset (``images/``, ``labels/``, ``names.yaml``) to one COCO json file.
 
@@ -360,13 +392,15 @@ def yolo_to_coco(
         out_json: Output file (parent folders are created).
         names: Class-names YAML; default ``yolo_root/names.yaml``.
         max_pixels: Header size limit passed to :func:`lstmdet.data.images.image_size`.
+        missing_labels: ``"error"``: an image without a label file raises; ``"empty"``: it has no objects.
 
     Returns:
         Summary ``{"json", "images", "annotations", "categories", "skipped"}``.
 
     Raises:
-        DataFormatError: Missing folders or names, malformed label lines, unknown class ids.
+        DataFormatError: Missing folders, names or label files, malformed label lines, unknown class ids.
     """
+    check_missing_labels(missing_labels)
     root = Path(yolo_root)
     images_dir, labels_dir = yolo_layout(root)
     classes = read_yolo_names(names if names is not None else root / "names.yaml")
@@ -382,7 +416,8 @@ def yolo_to_coco(
         images.append(
             {"id": image_id, "file_name": path.relative_to(images_dir).as_posix(), "width": width, "height": height}
         )
-        boxes, labels = yolo_boxes(yolo_label_path(path, images_dir, labels_dir), width, height, len(classes))
+        label_file = yolo_label_path(path, images_dir, labels_dir)
+        boxes, labels = yolo_boxes(label_file, width, height, len(classes), missing_labels=missing_labels)
         for box, label in zip(boxes.astype(np.float64), labels, strict=True):
             annotations.append(_annotation(len(annotations) + 1, image_id, int(label), box))
     categories = [{"id": i, "name": name} for i, name in enumerate(classes)]

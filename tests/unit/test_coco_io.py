@@ -211,8 +211,12 @@ def test_yolo_clipping_missing_labels_polygons_and_unreadable(tmp_path):
     }
     root = _yolo(tmp_path / "y", labels, {"in": (40, 20), "out": (40, 20), "poly": (40, 20), "nolabel": (10, 10)})
     (root / "images" / "broken.jpg").write_text("not a jpeg")
+    with pytest.warns(UserWarning), pytest.raises(DataFormatError, match=r"nolabel\.txt is missing.*missing_labels"):
+        yolo_to_coco(root, tmp_path / "y.json")  # by default a missing label file is an error naming it
+    with pytest.raises(ValueError, match=r"missing_labels must be 'error'.*'empty'"):
+        yolo_to_coco(root, tmp_path / "y.json", missing_labels="skip")
     with pytest.warns(UserWarning) as record:
-        summary = yolo_to_coco(root, tmp_path / "y.json")
+        summary = yolo_to_coco(root, tmp_path / "y.json", missing_labels="empty")
     messages = [str(w.message) for w in record]
     assert any("out.txt" in m and "clipped" in m and "1 empty or degenerate" in m for m in messages)
     assert any("broken.jpg" in m for m in messages)
@@ -220,7 +224,7 @@ def test_yolo_clipping_missing_labels_polygons_and_unreadable(tmp_path):
     data = json.loads((tmp_path / "y.json").read_text())
     boxes = {img["file_name"]: [a["bbox"] for a in data["annotations"] if a["image_id"] == img["id"]]
              for img in data["images"]}  # fmt: skip
-    assert boxes["nolabel.jpg"] == []  # missing label file: an image without objects
+    assert boxes["nolabel.jpg"] == []  # missing_labels="empty": an image without objects
     np.testing.assert_allclose(boxes["in.jpg"], [[10, 5, 20, 10]])
     np.testing.assert_allclose(boxes["out.jpg"], [[28, 6, 12, 8]])  # x from 28 to 44 clipped at 40
     np.testing.assert_allclose(boxes["poly.jpg"], [[4, 2, 8, 6]])
