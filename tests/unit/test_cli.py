@@ -84,3 +84,15 @@ def test_shipped_configs_build(capsys):
     for path in paths:
         assert main(["model", str(path), "--json"]) == 0, path
         capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("baseline", "recipe"),
+    [("digits_det_identity", "digits_det_bilstm"), ("digits_video_frame", "digits_video_convlstm")],
+)
+def test_paired_recipes_differ_only_in_the_encoder(baseline, recipe):
+    """Each LSTM recipe is measured against a baseline with the same backbone, head, data and budget."""
+    configs = [yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text()) for name in (baseline, recipe)]
+    for config in configs:
+        assert config["model"].pop("encoder")
+    assert configs[0] == configs[1]

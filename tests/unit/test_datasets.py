@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 
@@ -16,7 +17,7 @@ from lstmdet.cli.main import main
 from lstmdet.data.coco import DataFormatError, yolo_to_coco
 from lstmdet.plugins.datasets_classification import ImageFolder, MnistIdx
 from lstmdet.plugins.datasets_detection import CocoDetection, YoloDetection
-from lstmdet.plugins.datasets_digits import INK_THRESHOLD, DigitsDet, DigitsVideo, _iou, digit_patch
+from lstmdet.plugins.datasets_digits import FADE_LEVEL, INK_THRESHOLD, DigitsDet, DigitsVideo, _iou, digit_patch
 
 COCO128 = ROOT.parent / "shared" / "data" / "coco128-val"
 NAMES = ("mnist_idx", "image_folder", "coco", "yolo", "digits_det", "digits_video")
@@ -54,6 +55,32 @@ def test_mnist_idx_protocol_splits(mnist):
         MnistIdx(split="validation")
     with pytest.raises(ValueError, match="only 2000"):
         MnistIdx(split="test", images=5000)
+
+
+def test_idx_reading_errors_name_the_file(tmp_path):
+    from lstmdet.data.mnist import IMAGES_FILE, LABELS_FILE, read_idx
+    from lstmdet.errors import LstmdetError
+
+    good = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    header = bytes([0, 0, 0x08, 2]) + np.array([2, 3], dtype=">u4").tobytes()
+    (tmp_path / "ok.idx").write_bytes(header + good.tobytes())
+    np.testing.assert_array_equal(read_idx(tmp_path / "ok.idx"), good)
+    (tmp_path / "short.idx").write_bytes(header + good.tobytes()[:-1])
+    with pytest.raises(LstmdetError, match=r"short\.idx is truncated or padded: 17 bytes, header says 18"):
+        read_idx(tmp_path / "short.idx")
+    (tmp_path / "magic.idx").write_bytes(b"\x01\x02\x08\x02" + good.tobytes())
+    with pytest.raises(LstmdetError, match=r"magic\.idx is not an IDX file"):
+        read_idx(tmp_path / "magic.idx")
+    (tmp_path / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(LstmdetError, match=r"cannot read IDX file .*bad\.gz"):
+        read_idx(tmp_path / "bad.gz")
+    with pytest.raises(LstmdetError, match=r"cannot read IDX file .*missing"):
+        MnistIdx(root=tmp_path / "missing")
+    (tmp_path / "few").mkdir()
+    (tmp_path / "few" / IMAGES_FILE).write_bytes(gzip.compress(header + good.tobytes()))
+    (tmp_path / "few" / LABELS_FILE).write_bytes(gzip.compress(bytes([0, 0, 0x08, 1, 0, 0, 0, 1, 7])))
+    with pytest.raises(LstmdetError, match="2 images but 1 labels"):
+        MnistIdx(root=tmp_path / "few")
 
 
 def test_image_folder_sorts_classes_and_skips_unreadable(tmp_path):
@@ -143,6 +170,11 @@ def test_yolo_dataset_errors_name_file_and_line(tmp_path):
         YoloDetection(tmp_path)
     with pytest.raises(DataFormatError, match="no images/ folder"):
         YoloDetection(tmp_path / "labels")
+    (tmp_path / "labels" / "x.txt").unlink()
+    with pytest.raises(DataFormatError, match=r"labels/x\.txt is missing"):
+        YoloDetection(tmp_path)
+    background = YoloDetection(tmp_path, missing_labels="empty")
+    assert len(background) == 1 and background[0][1]["boxes"].shape == (0, 4)
 
 
 # --------------------------------------------------------------------------- digits_det
@@ -268,6 +300,42 @@ def test_cli_convert_yolo_and_errors(tmp_path, capsys):
     (tmp_path / "y" / "labels" / "1.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     assert main(["data", "convert", "yolo", str(tmp_path / "y"), str(tmp_path / "out.json")]) == 0
     assert "wrote 1 images, 1 boxes, 1 categories" in capsys.readouterr().out
+    Image.new("RGB", (10, 10)).save(tmp_path / "y" / "images" / "2.jpg")  # no label file
+    assert main(["data", "convert", "yolo", str(tmp_path / "y"), str(tmp_path / "out.json")]) == 2
+    assert "2.txt is missing" in capsys.readouterr().err
+    argv = ["data", "convert", "yolo", str(tmp_path / "y"), str(tmp_path / "out.json"), "--missing-labels", "empty"]
+    assert main(argv) == 0
+    assert "wrote 2 images, 1 boxes" in capsys.readouterr().out
     assert main(["data", "convert", "yolo", str(tmp_path / "nope"), str(tmp_path / "out2.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lstmdet data: error:") and "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_digits_video_renders_occluded_frames_faded_or_covered():
+    """With occlusion 1 every digit-frame is faded to 10% or has a bar over 40-70% of its box.
+
+    Without noise, the same seed with occlusion 0 renders the same digits at the same places, so
+    each frame can be compared with its clean rendering; the labelled boxes are the same in both.
+    """
+    options = {"clips": 6, "frames": 8, "seed": 5, "size": 64, "digits": (1, 1), "noise": 0.0, "background": 0.0}
+    hidden, clean = DigitsVideo(occlusion=1.0, **options), DigitsVideo(occlusion=0.0, **options)
+    kinds = {"faded": 0, "covered": 0}
+    for index in range(len(hidden)):
+        (clip, target), (clear, clear_target) = hidden[index], clean[index]
+        for t, (frame, clear_frame) in enumerate(zip(target["frames"], clear_target["frames"], strict=True)):
+            np.testing.assert_array_equal(frame["boxes"], clear_frame["boxes"])
+            assert frame["occluded"].all() and not clear_frame["occluded"].any()
+            x1, y1, x2, y2 = (int(v) for v in frame["boxes"][0])
+            seen = clip[t, y1:y2, x1:x2, 0].astype(int)
+            truth = clear[t, y1:y2, x1:x2, 0].astype(int)
+            assert truth.max() > 200  # the clean digit is bright
+            if seen.max() <= round(FADE_LEVEL * 255) + 1:
+                kinds["faded"] += 1
+                np.testing.assert_allclose(seen, truth * FADE_LEVEL, atol=1)
+            else:
+                kinds["covered"] += 1
+                changed = seen != truth
+                rows, cols = changed.any(axis=1).mean(), changed.any(axis=0).mean()
+                assert min(rows, cols) >= 0.3 and max(rows, cols) >= 0.95  # a band across the box
+                assert 0.3 <= changed.mean() <= 0.75
+    assert kinds["faded"] > 5 and kinds["covered"] > 5, kinds

@@ -222,3 +222,43 @@ def test_resume_accepts_a_checkpoint_without_step(tmp_path):
     trainer = Trainer(prepare_config(config), tmp_path, resume=True)
     assert (trainer.epoch, trainer.step, trainer.partial["loss"]) == (1, 0, 0.0)
     assert trainer.fit()["epochs"] == 2
+
+
+def test_progress_bar_shows_loss_and_images_per_second(tmp_path, capfd):
+    config = mnist_config(epochs=1, progress=True)
+    config["data"]["train"]["images"] = 64
+    config["data"]["val"]["images"] = 16
+    del config["data"]["test"]
+    lstmdet.train(config, tmp_path)
+    err = capfd.readouterr().err
+    assert "epoch 1/1" in err and "/2 [" in err and "loss=" in err and "img_s=" in err
+
+
+def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
+    from lstmdet.engine.evaluate import evaluate_checkpoint
+
+    config = mnist_config(epochs=4, lr=0.01)
+    config["data"]["train"]["images"] = 256
+    config["data"]["val"]["images"] = 64
+    del config["data"]["test"]
+    summary = lstmdet.train(config, tmp_path)
+    scores = [json.loads(line)["val"]["accuracy"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["best_epoch"] == 1 + scores.index(max(scores))
+    again = evaluate_checkpoint(tmp_path / "best.pt", data=config["data"]["val"])
+    assert again["accuracy"] == max(scores) == summary["metrics"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_resume_with_loader_processes_equals_an_uninterrupted_run(tmp_path):
+    """As test_resume_equals_an_uninterrupted_run, with 2 DataLoader worker processes augmenting."""
+    config = mnist_config(epochs=2, batch_size=16, workers=2)
+    config["data"]["train"]["images"] = 64
+    config["data"]["val"]["images"] = 16
+    del config["data"]["test"]
+    lstmdet.train(config, tmp_path / "straight")
+    assert Trainer(prepare_config(config), tmp_path / "split").fit(max_epochs=1) == {"finished": False, "epoch": 1}
+    lstmdet.train(config, tmp_path / "split", resume=True)
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "split" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "split")
