@@ -262,3 +262,12 @@ def test_resume_with_loader_processes_equals_an_uninterrupted_run(tmp_path):
     b = read_checkpoint(tmp_path / "split" / "last.pt")["state_dict"]
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "split")
+
+
+@pytest.mark.gpu
+def test_amp_training_on_cuda_learns(tmp_path):
+    config = mnist_config(epochs=2, amp=True, device="cuda")
+    summary = lstmdet.train(config, tmp_path)
+    assert summary["device"].startswith("cuda")
+    assert summary["metrics"]["accuracy"] >= 0.5, summary["metrics"]["accuracy"]  # chance is 0.1
+    assert "scale" in read_checkpoint(tmp_path / "last.pt")["train_state"]["scaler"]  # the GradScaler ran
