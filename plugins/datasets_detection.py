@@ -134,6 +134,7 @@ class YoloDetection(_FileDetection):
     Raises:
         DataFormatError: No ``images/`` folder, bad ``names``, a missing label file, a malformed label
             line or an unknown class id (naming the file and line).
+        ValueError: ``missing_labels`` is neither ``"error"`` nor ``"empty"``.
     """
 
     def __init__(

@@ -219,10 +219,11 @@ class _HeadForward(abc.ABC):
             generator = self._make_anchor_generator(strides)
             self._anchor_generators[strides] = generator
         x0 = levels[0]
-        generator.set_cell_anchors(x0.dtype, x0.device)
+        # The cached cells stay float32 (fp16 features under autocast would round them in place).
+        generator.set_cell_anchors(torch.float32, x0.device)
         grid_sizes = [list(x.shape[-2:]) for x in levels]
         step = [[torch.tensor(s, dtype=torch.int64, device=x0.device)] * 2 for s in strides]
-        anchors = torch.cat(generator.grid_anchors(grid_sizes, step))
+        anchors = torch.cat(generator.grid_anchors(grid_sizes, step)).to(x0.dtype)
         return [anchors] * images.tensors.shape[0]
 
     def _checked_targets(
@@ -306,7 +307,8 @@ class FCOSDetectionHead(_HeadForward, FCOS):
     FCOS takes a location as a positive only when its anchor point lies strictly inside a box, so a
     box narrower (or flatter) than the stride can fall between two points and be trained as
     background. ``anchor_offsets`` adds points between the locations: ``[[0, 0], [0.5, 0]]`` gives
-    each location a second point half a stride to its right (points every ``stride / 2`` in x), and
+    each location a second point half a stride to its right (points every ``stride / 2`` in x, so
+    every box wider than half a stride holds one; smaller steps cover thinner boxes), and
     the head predicts classes, box and centre-ness separately for each point of a location
     (``num_anchors = len(anchor_offsets)`` outputs per location, as RetinaNet does for anchors).
 
@@ -384,6 +386,7 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         # As torchvision's FCOS default: square anchors, side = the level stride, centred on the
         # location; with offsets, one such square per offset (location-major, offset-minor, the
         # order in which the head's outputs come).
+        # (The generator's sizes still describe one anchor; only its cells, used below, hold A.)
         generator = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
         if self.anchor_offsets != ((0.0, 0.0),):
             offsets = torch.tensor(self.anchor_offsets, dtype=torch.float32)  # (A, 2)

@@ -260,7 +260,17 @@ def read_yolo_names(path: str | os.PathLike) -> list[str]:
 
 
 def check_missing_labels(value: object) -> str:
-    """``value`` if it is a valid ``missing_labels`` option, else ``ValueError`` listing the choices."""
+    """Check a ``missing_labels`` option.
+
+    Args:
+        value: The option as given.
+
+    Returns:
+        ``value``: ``"error"`` or ``"empty"`` (see :data:`MISSING_LABELS`).
+
+    Raises:
+        ValueError: Any other value; the message lists the choices.
+    """
     if value not in MISSING_LABELS:
         raise ValueError(
             f"missing_labels must be 'error' (an image without a label file is an error) or 'empty' (it has no "
@@ -286,10 +296,12 @@ def parse_yolo_labels(
     Raises:
         DataFormatError: The file is missing (with ``missing_labels="error"``), a malformed line
             (the message names file and line) or an unknown class id.
+        ValueError: ``missing_labels`` is neither ``"error"`` nor ``"empty"``.
     """
+    check_missing_labels(missing_labels)
     path = Path(path)
     if not path.exists():
-        if check_missing_labels(missing_labels) == "empty":
+        if missing_labels == "empty":
             return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float64)
         raise DataFormatError(
             f"YOLO label file {path} is missing; every image needs a label file at the same path under labels/ "
@@ -399,6 +411,7 @@ def yolo_to_coco(
 
     Raises:
         DataFormatError: Missing folders, names or label files, malformed label lines, unknown class ids.
+        ValueError: ``missing_labels`` is neither ``"error"`` nor ``"empty"``.
     """
     check_missing_labels(missing_labels)
     root = Path(yolo_root)
