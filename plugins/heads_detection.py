@@ -384,16 +384,12 @@ class FCOSDetectionHead(_HeadForward, FCOS):
 
     def _make_anchor_generator(self, strides: tuple[int, ...]) -> AnchorGenerator:
         # As torchvision's FCOS default: square anchors, side = the level stride, centred on the
-        # location; with offsets, one such square per offset (location-major, offset-minor, the
-        # order in which the head's outputs come).
+        # location, moved by each offset (offset (0, 0) leaves torchvision's cell as it is). Cells
+        # are offset-minor, the order in which the head's outputs come per location.
         # (The generator's sizes still describe one anchor; only its cells, used below, hold A.)
         generator = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-        if self.anchor_offsets != ((0.0, 0.0),):
-            offsets = torch.tensor(self.anchor_offsets, dtype=torch.float32)  # (A, 2)
-            generator.cell_anchors = [
-                torch.cat([offsets, offsets], dim=1) * s + cell
-                for s, cell in zip(strides, generator.cell_anchors, strict=True)
-            ]
+        offsets = torch.tensor(self.anchor_offsets, dtype=torch.float32).repeat(1, 2)  # (A, 4): dx, dy, dx, dy
+        generator.cell_anchors = [offsets * s + cell for s, cell in zip(strides, generator.cell_anchors, strict=True)]
         return generator
 
     def _losses(

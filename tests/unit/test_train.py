@@ -51,8 +51,22 @@ def test_short_mnist_run_learns_and_writes_every_output(tmp_path):
     assert read_checkpoint(tmp_path / "best.pt")["classes"] == [str(i) for i in range(10)]
 
 
+def _records(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _losses(run) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [record["loss"] for record in _records(run)]
+
+
+def _assert_same_training(a_run, b_run) -> None:
+    """The two runs end with identical ``last.pt`` weights and log identical epoch losses."""
+    a = read_checkpoint(a_run / "last.pt")["state_dict"]
+    b = read_checkpoint(b_run / "last.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _losses(a_run) == _losses(b_run)
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
@@ -66,16 +80,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert interrupted == {"finished": False, "epoch": 2}
     assert not (tmp_path / "split" / "summary.json").exists()
     resumed = lstmdet.train(config, tmp_path / "split", resume=True)
-    a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
-    b = read_checkpoint(tmp_path / "split" / "last.pt")["state_dict"]
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    resumed_losses = [
-        json.loads(line)["loss"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert losses == resumed_losses
+    _assert_same_training(tmp_path / "straight", tmp_path / "split")
     assert straight["metrics"] == resumed["metrics"]
 
 
@@ -199,13 +204,9 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
         Trainer(prepare_config(config, ["train.batch_size=8"]), split, resume=True)
     resumed = Trainer(prepare_config(config), split, resume=True).fit()
 
-    a = read_checkpoint(tmp_path / "straight" / "last.pt")
-    b = read_checkpoint(split / "last.pt")
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    assert b["train_state"]["step"] == 0
-    assert _losses(tmp_path / "straight") == _losses(split) and len(_losses(split)) == 2
+    _assert_same_training(tmp_path / "straight", split)
+    assert read_checkpoint(split / "last.pt")["train_state"]["step"] == 0
+    assert len(_losses(split)) == 2
     assert straight["metrics"] == resumed["metrics"]
 
 
@@ -242,7 +243,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
     config["data"]["val"]["images"] = 64
     del config["data"]["test"]
     summary = lstmdet.train(config, tmp_path)
-    scores = [json.loads(line)["val"]["accuracy"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scores = [record["val"]["accuracy"] for record in _records(tmp_path)]
     assert summary["best_epoch"] == 1 + scores.index(max(scores))
     again = evaluate_checkpoint(tmp_path / "best.pt", data=config["data"]["val"])
     assert again["accuracy"] == max(scores) == summary["metrics"]["accuracy"]
@@ -258,10 +259,7 @@ def test_resume_with_loader_processes_equals_an_uninterrupted_run(tmp_path):
     lstmdet.train(config, tmp_path / "straight")
     assert Trainer(prepare_config(config), tmp_path / "split").fit(max_epochs=1) == {"finished": False, "epoch": 1}
     lstmdet.train(config, tmp_path / "split", resume=True)
-    a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
-    b = read_checkpoint(tmp_path / "split" / "last.pt")["state_dict"]
-    assert all(torch.equal(a[key], b[key]) for key in a)
-    assert _losses(tmp_path / "straight") == _losses(tmp_path / "split")
+    _assert_same_training(tmp_path / "straight", tmp_path / "split")
 
 
 @pytest.mark.gpu
