@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from lstmdet import hookimpl
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, SkipsUnreadable, find_images, read_image
-from lstmdet.data.mnist import default_mnist_root, mnist10k_split
+from lstmdet.data.mnist import mnist_split
 from lstmdet.errors import LstmdetError
 from lstmdet.plugins.datasets_digits import int_option
 
@@ -32,15 +32,16 @@ MNIST_SPLITS = ("train", "val", "test", "trainval")
 
 
 class MnistIdx(Dataset):
-    """MNIST digits of one split of the MNIST-10k protocol.
+    """MNIST digits of one split: the MNIST-10k protocol, or the official split given the full files.
 
     Args:
-        root: Folder with ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``;
-            default :func:`lstmdet.data.mnist.default_mnist_root`.
-        split: ``"train"`` (the first ``8000 - val_count`` protocol training digits), ``"val"``
-            (the last ``val_count`` of them), ``"trainval"`` (all 8,000) or ``"test"`` (the 2,000
-            held-out digits, for final results only).
-        val_count: Digits carved out of the 8,000 for validation (0 <= val_count < 8000).
+        root: Folder with the official IDX files; default :func:`lstmdet.data.mnist.default_mnist_root`
+            (``$LSTMDET_MNIST_ROOT``, else the test digits shipped with lstmdet). With only the ``t10k``
+            files the training pool is the protocol's 8,000 digits and ``test`` its 2,000 held-out ones;
+            with ``train-*`` files too, the pool is the official 60,000 and ``test`` the 10,000.
+        split: ``"train"`` (the pool less its last ``val_count`` digits), ``"val"`` (those last
+            ``val_count``), ``"trainval"`` (the whole pool) or ``"test"`` (held out, for final results only).
+        val_count: Digits carved out of the training pool for validation (below the pool's size).
         images: Use only the first ``images`` digits of the split (``None``: all).
 
     Attributes:
@@ -63,7 +64,7 @@ class MnistIdx(Dataset):
         if split not in MNIST_SPLITS:
             raise ValueError(f"mnist_idx split must be one of {', '.join(MNIST_SPLITS)}, got {split!r}")
         val_count = int_option(val_count, "mnist_idx val_count", minimum=0)
-        protocol = mnist10k_split(default_mnist_root() if root is None else Path(root))
+        protocol = mnist_split(root)
         digits, labels = (t.numpy() for t in protocol["test" if split == "test" else "train"])
         if val_count >= len(digits) and split in ("train", "val"):
             raise ValueError(f"mnist_idx val_count must be below the {len(digits)} training digits, got {val_count}")

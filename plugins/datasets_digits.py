@@ -1,8 +1,9 @@
 """Built-in generated datasets from real MNIST digits: ``digits_det`` (scenes) and ``digits_video`` (clips).
 
-Both draw real handwritten digits under the MNIST-10k protocol (:mod:`lstmdet.data.mnist`):
-``split="train"`` uses only the 8,000 protocol training digits, ``split="test"`` only the 2,000
-held-out digits, so a detector trained on ``train`` scenes is evaluated on digits it never saw.
+Both draw real handwritten digits of :func:`lstmdet.data.mnist.mnist_split`: ``split="train"`` uses
+only its training digits (the MNIST-10k protocol's 8,000 by default; the official 60,000 given the full
+files), ``split="test"`` only the held-out ones, so a detector trained on ``train`` scenes is
+evaluated on digits it never saw.
 
 Every item is generated on the fly in ``__getitem__`` from its own random stream
 ``numpy.random.default_rng([seed, index])``: items are deterministic, independent of access order
@@ -23,7 +24,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -31,7 +31,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from lstmdet import hookimpl
-from lstmdet.data.mnist import default_mnist_root, mnist10k_split
+from lstmdet.data.mnist import mnist_split
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -126,7 +126,7 @@ class _DigitSource(Dataset):
     def _load_digits(self, root: str | os.PathLike | None, split: str) -> None:
         self.classes = [str(i) for i in range(10)]
         self.category_ids = list(range(10))
-        digits, labels = mnist10k_split(default_mnist_root() if root is None else Path(root))[split]
+        digits, labels = mnist_split(root)[split]
         self.digits = digits.numpy()
         self.digit_labels = labels.numpy()
 
@@ -170,7 +170,7 @@ class DigitsDet(_DigitSource):
         max_overlap: Largest IoU allowed between the boxes of two digits in a scene.
         noise: Std of the Gaussian pixel noise on the ``[0, 1]`` scale (0 for none).
         background: Each scene's background grey level is drawn from ``[0, background]``.
-        root: Folder of the MNIST IDX files (default: the protocol folder).
+        root: Folder of the MNIST IDX files (default: :func:`lstmdet.data.mnist.default_mnist_root`).
 
     Attributes:
         classes: ``["0", ..., "9"]``.
@@ -270,7 +270,7 @@ class DigitsVideo(_DigitSource):
             per coordinate between frames (positions are rounded to whole pixels).
         noise: Std of the Gaussian pixel noise on the ``[0, 1]`` scale, drawn anew for each frame.
         background: Each clip's background grey level is drawn from ``[0, background]``.
-        root: Folder of the MNIST IDX files (default: the protocol folder).
+        root: Folder of the MNIST IDX files (default: :func:`lstmdet.data.mnist.default_mnist_root`).
 
     Attributes:
         classes: ``["0", ..., "9"]``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lstmdet.data.mnist import mnist10k_split
+from lstmdet.data.mnist import mnist_split
 
 
 @pytest.fixture(autouse=True)
@@ -17,7 +17,7 @@ def _seed_and_threads():
 @pytest.fixture(scope="session")
 def mnist():
     """The MNIST-10k protocol split: {"train": (uint8 (8000,28,28), labels), "test": (2000 ...)}."""
-    return mnist10k_split()
+    return mnist_split()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, assert_same_outputs, install_plugin, run_cli
+from helpers import assert_same_outputs, install_plugin, run_cli
 from queue_harness import RedisServer, Worker, make_certificates, wait_for
 
 import lstmdet
@@ -25,7 +25,6 @@ from lstmdet.workers.store import BrokerUnavailable
 
 pytestmark = pytest.mark.redis
 
-SHARED = ROOT.parent / "shared" / "data"
 FINAL = ("detections.jsonl", "images.json", "coco_results.json", "options.json")
 DETECT = {"workers": 0, "batch_size": 2}  # no loader processes: small and deterministic
 
@@ -43,7 +42,7 @@ class Queue:
             **os.environ,
             "LSTMDET_BROKER_URL": self.server.url(0),
             "LSTMDET_RESULT_URL": self.server.url(1),
-            "LSTMDET_DATA_ROOTS": ":".join(str(p) for p in (folder, data, SHARED) if p is not None),
+            "LSTMDET_DATA_ROOTS": ":".join(str(p) for p in (folder, data) if p is not None),
             "LSTMDET_SOFT_TIME_LIMIT": str(limits.get("soft", 20)),
             "LSTMDET_TIME_LIMIT": str(limits.get("hard", 25)),
             "LSTMDET_VISIBILITY_TIMEOUT": str(limits.get("visibility", 30)),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 from PIL import Image
 from torchvision.models.detection.image_list import ImageList
 
@@ -24,7 +25,7 @@ REGISTRY = current_registry()
 # Options that make a component fit the small test inputs (everything else uses its defaults).
 BACKBONE_OPTIONS = {"rows": {"width": 48}}
 SIZE = (40, 48)  # H, W: not a power of two, so ceil(H / stride) is exercised
-COCO128 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco128-val"
+COCO30 = ROOT / "tests" / "data" / "coco30"
 
 
 def _grads_flow(module: torch.nn.Module) -> None:
@@ -127,11 +128,11 @@ def _dataset_options(name: str, tmp_path: Path) -> dict:
             Image.fromarray(np.full((12, 10, 3), value, np.uint8)).save(tmp_path / cls / "a.png")
         return {"root": str(tmp_path)}
     if name == "coco":
-        yolo_to_coco(COCO128, tmp_path / "coco.json")
-        return {"annotations": str(tmp_path / "coco.json"), "images": str(COCO128 / "images")}
+        yolo_to_coco(COCO30, tmp_path / "coco.json")
+        return {"annotations": str(tmp_path / "coco.json"), "images": str(COCO30 / "images")}
     return {
         "mnist_idx": {"images": 8},
-        "yolo": {"root": str(COCO128)},
+        "yolo": {"root": str(COCO30)},
         "digits_det": {"images": 3, "size": 64},
         "digits_video": {"clips": 2, "frames": 3, "size": 64},
     }.get(name, {})

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from lstmdet.data.coco import DataFormatError, load_coco, write_coco_dataset, yolo_to_coco
 from lstmdet.plugins.datasets_digits import DigitsDet, DigitsVideo
 
-COCO128 = ROOT.parent / "shared" / "data" / "coco128-val"
+COCO30 = ROOT / "tests" / "data" / "coco30"
 
 
 def _names_by_hand(path: Path) -> dict[int, str]:
@@ -33,20 +33,20 @@ def _names_by_hand(path: Path) -> dict[int, str]:
 
 
 @pytest.fixture(scope="module")
-def coco128_json(tmp_path_factory):
-    out = tmp_path_factory.mktemp("coco128") / "coco128.json"
-    summary = yolo_to_coco(COCO128, out)
+def coco30_json(tmp_path_factory):
+    out = tmp_path_factory.mktemp("coco30") / "coco30.json"
+    summary = yolo_to_coco(COCO30, out)
     return out, summary
 
 
-def test_yolo_to_coco_matches_an_independent_conversion(coco128_json):
-    out, summary = coco128_json
+def test_yolo_to_coco_matches_an_independent_conversion(coco30_json):
+    out, summary = coco30_json
     data = json.loads(out.read_text())
-    label_files = sorted((COCO128 / "labels").glob("*.txt"))
+    label_files = sorted((COCO30 / "labels").glob("*.txt"))
     lines = [line for f in label_files for line in f.read_text().splitlines() if line.strip()]
-    assert summary["images"] == len(data["images"]) == 128
-    assert summary["annotations"] == len(data["annotations"]) == len(lines) > 800
-    assert {c["id"]: c["name"] for c in data["categories"]} == _names_by_hand(COCO128 / "names.yaml")
+    assert summary["images"] == len(data["images"]) == 30
+    assert summary["annotations"] == len(data["annotations"]) == len(lines) > 200
+    assert {c["id"]: c["name"] for c in data["categories"]} == _names_by_hand(COCO30 / "names.yaml")
     assert len(data["categories"]) == 80
     assert len({a["id"] for a in data["annotations"]}) == len(lines) and min(a["id"] for a in data["annotations"]) == 1
 
@@ -55,9 +55,9 @@ def test_yolo_to_coco_matches_an_independent_conversion(coco128_json):
     for ann in data["annotations"]:
         anns.setdefault(ann["image_id"], []).append(ann)
     for label_file in label_files[::16]:  # every 16th image, computed by hand
-        image_path = COCO128 / "images" / (label_file.stem + ".jpg")
+        image_path = COCO30 / "images" / (label_file.stem + ".jpg")
         with Image.open(image_path) as im:
-            width, height = im.size  # coco128 has no EXIF orientation tags
+            width, height = im.size  # coco30 has no EXIF orientation tags
         entry = by_file[image_path.name]
         assert (entry["width"], entry["height"]) == (width, height)
         expected = []
@@ -76,10 +76,10 @@ def test_yolo_to_coco_matches_an_independent_conversion(coco128_json):
             assert ann["iscrowd"] == 0
 
 
-def test_converted_json_loads_in_pycocotools(coco128_json):
-    coco = COCO(str(coco128_json[0]))
-    assert len(coco.getImgIds()) == 128 and len(coco.getCatIds()) == 80
-    assert load_coco(coco128_json[0], COCO128 / "images").classes[0] == "person"
+def test_converted_json_loads_in_pycocotools(coco30_json):
+    coco = COCO(str(coco30_json[0]))
+    assert len(coco.getImgIds()) == 30 and len(coco.getCatIds()) == 80
+    assert load_coco(coco30_json[0], COCO30 / "images").classes[0] == "person"
 
 
 def test_write_coco_dataset_round_trip(tmp_path):

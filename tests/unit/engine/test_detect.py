@@ -24,7 +24,7 @@ from lstmdet.engine.detect import DetectOptions
 from lstmdet.engine.writers import annotated_path
 from lstmdet.errors import LstmdetError
 
-COCO128 = ROOT.parent / "shared" / "data" / "coco128-val"
+COCO30 = ROOT / "tests" / "data" / "coco30"
 
 
 def tiny_config(encoder: dict | None = None) -> dict:
@@ -133,19 +133,19 @@ def test_find_images_follows_links_without_loops(tmp_path):
     assert names == sorted(OK_FILES + list(BAD_FILES), key=lambda n: Path(n).parts)
 
 
-def test_coco128_contract_loadres_and_cocoeval(tmp_path, weights):
+def test_coco30_contract_loadres_and_cocoeval(tmp_path, weights):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     out = tmp_path / "out"
-    summary = run(COCO128 / "images", out, weights, batch_size=16, workers=2)
-    assert {k: summary[k] for k in ("images", "ok", "failed")} == {"images": 128, "ok": 128, "failed": 0}
+    summary = run(COCO30 / "images", out, weights, batch_size=16, workers=2)
+    assert {k: summary[k] for k in ("images", "ok", "failed")} == {"images": 30, "ok": 30, "failed": 0}
     assert summary["images_per_s"] > 0 and summary["weights_sha256"] and summary["device"] == "cpu"
     assert json.loads((out / "summary.json").read_text()) == summary
 
     records = lines(out)
     names = [r["file"] for r in records]
-    assert len(records) == 128 and names == sorted(names)
+    assert len(records) == 30 and names == sorted(names)
     assert all(set(r) == {"file", "width", "height", "detections"} for r in records)
     det = records[0]["detections"][0]
     assert (
@@ -153,7 +153,7 @@ def test_coco128_contract_loadres_and_cocoeval(tmp_path, weights):
         and det["category"] == ["cat", "dog", "kite"][det["category_id"]]
     )
 
-    yolo_to_coco(COCO128, tmp_path / "gt.json")
+    yolo_to_coco(COCO30, tmp_path / "gt.json")
     gt = json.loads((tmp_path / "gt.json").read_text())
     images = json.loads((out / "images.json").read_text())
     assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in images] == [
