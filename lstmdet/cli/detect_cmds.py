@@ -13,6 +13,12 @@ exit status:
      (without --resume), or --resume with options that differ from the first run's
 """
 
+#: Printed once when ``detect`` runs without ``--weights``.
+DEFAULT_MODEL_NOTE = (
+    "no --weights given: using the model shipped with lstmdet, a detector of handwritten digits 0-9 (not of "
+    "objects in photos); pass --weights CKPT for your own model (lstmdet train writes DIR/best.pt)"
+)
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``detect`` sub-command."""
@@ -77,6 +83,8 @@ def run_detect(args: argparse.Namespace) -> int:
     from lstmdet.engine.detect import detect
     from lstmdet.engine.writers import ANNOTATED, DETECTIONS
 
+    if args.weights is None:
+        print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     summary = detect(
         args.src, args.out, args.weights, resume=args.resume, progress=not args.quiet, **detect_options(args)
     )

@@ -42,7 +42,20 @@ from lstmdet.errors import LstmdetError
 #: Default limit on ``width * height`` (Pillow's own default, about 9459 x 9459 pixels).
 DEFAULT_MAX_PIXELS = 89_478_485
 #: File name extensions treated as images (lower case, with the dot); see :func:`is_image_file`.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+)
 #: Pillow format names :func:`read_image` will open; anything else is refused unread.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 #: Colour transparent pixels are composited onto.

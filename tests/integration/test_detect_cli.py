@@ -69,6 +69,19 @@ def test_all_readable_exit_0_and_unreadable_exit_1(tmp_path, weights, folder):
     assert (summary["images"], summary["ok"], summary["failed"], summary["max_detections"]) == (4, 2, 2, 3)
 
 
+def test_default_model_is_announced_once(tmp_path, folder):
+    """Without --weights the shipped digit detector runs, and one stderr line says so and how to change it."""
+    for i in range(5):
+        Image.new("RGB", (20, 20)).save(folder / f"extra{i}.png")
+    result = run_cli("detect", str(folder), "--out", str(tmp_path / "out"), "--quiet", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "--weights" in line]
+    assert len(notes) == 1 and "shipped with lstmdet" in notes[0] and "digits" in notes[0]
+    with_weights = run_cli("detect", str(folder), "--out", str(tmp_path / "out2"), "--quiet", "--weights",
+                           str(tmp_path / "missing.pt"), env=ONE_THREAD)  # fmt: skip
+    assert "shipped with lstmdet" not in with_weights.stderr
+
+
 def test_usage_errors_exit_2_with_one_line(tmp_path, weights, folder, capsys):
     result = run_cli("detect", str(tmp_path / "missing"), "--weights", str(weights), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -96,6 +96,36 @@ def test_palette_with_transparency(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "opaque.png")[0, 0], (255, 255, 255))
 
 
+@pytest.mark.parametrize("mode", ["P", "L", "RGB"])
+def test_gif_first_frame_any_mode(tmp_path, mode):
+    """A GIF (palette, grey or RGB source; animated or not) is read as its first frame."""
+    first = np.zeros((6, 8, 3), np.uint8)
+    first[:, :4] = (255, 0, 0) if mode != "L" else (200, 200, 200)
+    second = np.full((6, 8, 3), 90, np.uint8)
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    if mode == "L":
+        frames = [f.convert("L") for f in frames]
+    elif mode == "P":
+        frames = [f.convert("P", palette=Image.Palette.ADAPTIVE, colors=4) for f in frames]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    frames[0].save(tmp_path / "still.gif")
+    assert Image.open(tmp_path / "anim.gif").n_frames == 2
+    for name in ("anim.gif", "still.gif"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (6, 8, 3) and image.dtype == np.uint8
+        np.testing.assert_array_equal(image, first)
+    assert image_size(tmp_path / "anim.gif") == (8, 6)
+
+
+def test_pnm_family(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey).save(tmp_path / "g.pgm")
+    Image.fromarray(np.stack([grey] * 3, axis=2)).save(tmp_path / "c.ppm")
+    for name in ("g.pgm", "c.ppm"):
+        np.testing.assert_array_equal(read_image(tmp_path / name), np.stack([grey] * 3, axis=2))
+    assert [p.name for p in find_images(tmp_path)] == ["c.ppm", "g.pgm"]
+
+
 def test_cmyk(tmp_path):
     cmyk = np.array([[[0, 0, 0, 0], [0, 255, 255, 0], [0, 0, 0, 255]]], dtype=np.uint8)
     Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "c.tiff")
@@ -165,12 +195,18 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 
 def test_image_extensions(tmp_path):
     assert is_image_file("a/B.JPG") and is_image_file("x.TiFf") and is_image_file("y.webp")
+    assert is_image_file("z.GIF") and is_image_file("p.ppm") and is_image_file("g.pgm")
     assert not is_image_file("notes.txt") and not is_image_file("jpg")
-    for name in ("b.PNG", "a.jpg", "sub/c.jpeg", ".hidden.jpg", "d.txt"):
+    for name in ("b.PNG", "a.jpg", "sub/c.jpeg", ".hidden.jpg", "d.txt", "e.Gif"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["a.jpg", "b.PNG", "sub/c.jpeg"]
-    assert len(find_images(tmp_path, recursive=False)) == 2
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == [
+        "a.jpg",
+        "b.PNG",
+        "e.Gif",
+        "sub/c.jpeg",
+    ]
+    assert len(find_images(tmp_path, recursive=False)) == 3
 
 
 def test_reduced_scale_jpeg_decode_reports_the_full_size(tmp_path):
