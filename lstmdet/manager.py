@@ -12,6 +12,7 @@ go through the same path as third-party ones and can be disabled the same way.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Iterable
@@ -60,7 +61,8 @@ def build_plugin_manager(
 
     Raises:
         LstmdetError: lstmdet's own built-in plugins are missing although none was disabled
-            (lstmdet is imported from a source tree that was never installed).
+            (lstmdet is imported from a source tree that was never installed), or a plugin
+            implements a hook that lstmdet does not define (a misspelt name).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -70,6 +72,7 @@ def build_plugin_manager(
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for name, plugin in extra_plugins:
         pm.register(plugin, name=name)
+    _check_hooks(pm)
     missing = [n for n in DEFAULT_PLUGINS if pm.get_plugin(n) is None and not pm.is_blocked(n)]
     if missing:
         raise LstmdetError(
@@ -77,6 +80,33 @@ def build_plugin_manager(
             "group: install lstmdet (`pip install -e .` in the source tree) instead of importing it from a path"
         )
     return pm
+
+
+def _check_hooks(pm: pluggy.PluginManager) -> None:
+    """pluggy's ``check_pending()``, with a message that names the plugin, the hook and the likely fix.
+
+    Without it a misspelt hook (``lstmdet_register_encoder``) is silently never called.
+    """
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        known = sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT_NAME}_"))
+        unknown = [
+            (name, impl.plugin_name)
+            for name, caller in vars(pm.hook).items()
+            if not name.startswith("_") and not caller.has_spec()
+            for impl in caller.get_hookimpls()
+            if not impl.optionalhook
+        ]
+        if not unknown:  # pluggy found a problem this summary does not know: pass its words on
+            raise LstmdetError(f"a plugin does not match lstmdet's hooks: {exc}") from None
+        name, plugin = unknown[0]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise LstmdetError(
+            f"plugin {plugin!r} implements hook {name!r}, which lstmdet does not define, so it would never be "
+            f"called; {hint}lstmdet's hooks are {', '.join(known)} (block the plugin with {DISABLE_ENV}={plugin})"
+        ) from None
 
 
 def build_registry(pm: pluggy.PluginManager) -> ComponentRegistry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import distribution
 
 import pytest
+import torch
 
 import lstmdet
 from lstmdet import hookimpl
@@ -108,3 +109,27 @@ def test_block_list_from_environment(monkeypatch):
         current_registry().get("encoders", "convlstm")
     monkeypatch.delenv("LSTMDET_DISABLE_PLUGINS")
     assert "convlstm" in lstmdet.components()["encoders"]
+
+
+def test_misspelt_hook_names_the_plugin_and_the_hook():
+    """pluggy would silently never call a hook nobody specified; the manager refuses it (check_pending)."""
+
+    class Misspelt:
+        @hookimpl
+        def lstmdet_register_encoder(self, registry):  # missing "s"
+            registry.add("never_seen", torch.nn.Identity)
+
+    with pytest.raises(LstmdetError) as info:
+        build_plugin_manager(disabled=[], extra_plugins=[("my_gru", Misspelt())])
+    message = str(info.value)
+    assert "plugin 'my_gru'" in message and "'lstmdet_register_encoder'" in message
+    assert "did you mean 'lstmdet_register_encoders'" in message and "LSTMDET_DISABLE_PLUGINS=my_gru" in message
+
+
+def test_optional_hooks_of_other_projects_are_allowed():
+    class Optional:
+        @hookimpl(optionalhook=True)
+        def lstmdet_some_future_hook(self):
+            return None
+
+    build_plugin_manager(disabled=[], extra_plugins=[("future", Optional())])

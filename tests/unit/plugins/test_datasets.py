@@ -79,7 +79,7 @@ def test_idx_reading_errors_name_the_file(tmp_path):
     (tmp_path / "few").mkdir()
     (tmp_path / "few" / IMAGES_FILE).write_bytes(gzip.compress(header + good.tobytes()))
     (tmp_path / "few" / LABELS_FILE).write_bytes(gzip.compress(bytes([0, 0, 0x08, 1, 0, 0, 0, 1, 7])))
-    with pytest.raises(LstmdetError, match="2 images of shape .* but 1 labels"):
+    with pytest.raises(LstmdetError, match=r"2 images of shape .* but 1 labels"):
         MnistIdx(root=tmp_path / "few")
 
 
