@@ -282,15 +282,21 @@ class SkipsUnreadable:
 
     A dataset checks headers at construction (:func:`image_size`) and calls
     :meth:`_note_skipped` for each bad file. A file that only fails when decoded (truncated pixel
-    data) is recorded on first access and the next readable item is returned instead, so a map-style
-    dataset never breaks a training run. Note: with ``DataLoader(num_workers > 0)`` first-access
-    skips are recorded in the worker processes, not in the main process's ``skipped``.
+    data) is recorded on first access and, in training, the next readable item is returned instead,
+    so a map-style dataset never breaks a training run. Evaluation must not score an image twice:
+    it sets ``replace_unreadable = False`` (:class:`lstmdet.engine.data.AugmentedDataset` does for
+    its ``eval`` split), and such an item raises :class:`ImageReadError` for the caller to count as
+    skipped. Note: with ``DataLoader(num_workers > 0)`` first-access skips are recorded in the worker
+    processes, not in the main process's ``skipped``.
 
     Attributes:
         skipped_files: ``{path: reason}`` of files left out.
+        replace_unreadable: Serve the next readable item in place of an unreadable one (default
+            ``True``); ``False`` raises :class:`ImageReadError` instead.
     """
 
     skipped_files: dict[str, str]
+    replace_unreadable: bool = True
 
     @property
     def skipped(self) -> int:
@@ -319,9 +325,22 @@ class SkipsUnreadable:
     def _read_with_fallback(
         self, index: int, count: int, path_of: Callable[[int], Path], load: Callable[[int], _T]
     ) -> _T:
-        """``load(index)``; if its file is unreadable, record it and try the following indices."""
+        """``load(index)``; if its file is unreadable, record it and try the following indices.
+
+        Raises:
+            ImageReadError: The file of ``index`` is unreadable and :attr:`replace_unreadable` is off.
+        """
         if not 0 <= index < count:
             raise IndexError(f"index {index} out of range for a dataset of {count} items")
+        if not self.replace_unreadable:
+            path = str(path_of(index))
+            if path in self.skipped_files:
+                raise ImageReadError(path, self.skipped_files[path])
+            try:
+                return load(index)
+            except ImageReadError as exc:
+                self._note_skipped(exc.path, exc.reason)
+                raise
         for step in range(count):
             i = (index + step) % count
             if str(path_of(i)) in self.skipped_files:

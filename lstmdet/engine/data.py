@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lstmdet.data.augment import build_augment, collate, to_tensors
+from lstmdet.data.images import ImageReadError
 from lstmdet.manager import current_registry
 
 
@@ -91,18 +92,40 @@ class AugmentedDataset(Dataset):
     """
 
     def __init__(self, dataset: Dataset, *, task: str, split: str, augment: dict | None, seed: int) -> None:
-        self.dataset, self.task, self.seed = dataset, task, seed
+        self.dataset, self.task, self.seed, self.split = dataset, task, seed, split
         self.augment = build_augment(task, split, augment)
+        if split == "eval" and hasattr(dataset, "replace_unreadable"):
+            dataset.replace_unreadable = False  # never score one image twice in place of another
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, Any]:
+        """``(image, target)`` model tensors; in the ``eval`` split an unreadable file gives
+        ``(None, {"unreadable": path, "reason": reason})`` (see :func:`readable`)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image, target = self.dataset[index]
+        try:
+            image, target = self.dataset[index]
+        except ImageReadError as exc:
+            if self.split != "eval":
+                raise
+            return None, {"unreadable": exc.path, "reason": exc.reason}
         self.augment.set_seed(_item_seed(self.seed, epoch, index))
         image, target = self.augment(image, target)
         return to_tensors(image, target, self.task)
+
+
+def readable(images: list[Any], targets: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]], list[str]]:
+    """Split a collated eval batch into its readable part and the paths of unreadable files.
+
+    Returns:
+        ``(images, targets, unreadable)``: the batch without the ``None`` items of unreadable files
+        (and their one marker target each), and those files' paths.
+    """
+    unreadable = [t["unreadable"] for t in targets if "unreadable" in t]
+    if not unreadable:
+        return images, targets, []
+    return [i for i in images if i is not None], [t for t in targets if "unreadable" not in t], unreadable
 
 
 def build_loader(

@@ -6,13 +6,14 @@ Used at the end of every training epoch (validation split), for the final ``summ
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader
+from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader, readable
 from lstmdet.engine.metrics import classification_metrics, coco_detection_metrics
 from lstmdet.errors import LstmdetError
 
@@ -21,16 +22,25 @@ from lstmdet.errors import LstmdetError
 def evaluate(model: nn.Module, dataset: AugmentedDataset, *, batch_size: int = 16, workers: int = 0) -> dict[str, Any]:
     """Score ``model`` on every item of ``dataset`` (an eval-split :class:`AugmentedDataset`).
 
+    Files that cannot be read are left out, never replaced by another item: the metrics cover the
+    readable ones, ``skipped`` counts the others and a warning names them.
+
     Returns:
         Classification: ``accuracy``, ``precision`` / ``recall`` per class, ``confusion``.
         Detection: ``map`` (AP@[.5:.95]), ``map_50``, ``map_75``, ``per_class_ap``, ``images``.
+        Both: ``skipped``, the number of unreadable files left out.
     """
     loader = build_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers, seed=0)
     was_training = model.training
     model.eval()
     truths: list[Any] = []
     predictions: list[dict[str, torch.Tensor]] = []
+    skipped: set[str] = set(getattr(dataset.dataset, "skipped_files", {}))  # refused at construction
     for images, targets in loader:
+        images, targets, unreadable = readable(images, targets)
+        skipped.update(unreadable)
+        if not images:
+            continue
         outputs = model.predict(images)
         if outputs and isinstance(outputs[0], list):  # clips: one list of frames per clip
             outputs = [frame for clip in outputs for frame in clip]
@@ -39,18 +49,23 @@ def evaluate(model: nn.Module, dataset: AugmentedDataset, *, batch_size: int = 1
         for frame, target in zip(frames, targets, strict=True):
             truths.append({**target, "height": frame.shape[-2], "width": frame.shape[-1]})
     model.train(was_training)
+    if skipped:
+        shown = ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(f"evaluation left out {len(skipped)} unreadable image files: {shown}", stacklevel=2)
     if not truths:
-        raise LstmdetError("the evaluation dataset is empty")
+        raise LstmdetError(
+            "the evaluation dataset is empty" + (f" ({len(skipped)} unreadable files left out)" if skipped else "")
+        )
     if model.task == "classify":
         y_true = [int(t["labels"]) for t in truths]
         y_pred = [int(p["labels"]) for p in predictions]
-        return classification_metrics(y_true, y_pred, len(model.classes), model.classes)
+        return {**classification_metrics(y_true, y_pred, len(model.classes), model.classes), "skipped": len(skipped)}
     gt = [
         {"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy(), "width": t["width"], "height": t["height"]}
         for t in truths
     ]
     preds = [{k: v.numpy() for k, v in p.items()} for p in predictions]
-    return coco_detection_metrics(gt, preds, model.classes)
+    return {**coco_detection_metrics(gt, preds, model.classes), "skipped": len(skipped)}
 
 
 def headline(metrics: dict[str, Any], task: str) -> float:

@@ -61,3 +61,47 @@ def test_clip_evaluation_scores_every_frame():
     assert 0.1 < metrics["map"] < 0.9  # frame 0 is perfect, later frames drift: neither 0 nor 1
     first_only = coco_detection_metrics(gt[::6], preds[::6], CLASSES)
     assert first_only["map"] > 0.99 > metrics["map"] + 0.05
+
+
+class MeanClassifier(nn.Module):
+    """Predicts "bright" for bright images and "dark" for dark ones; records every image it is shown."""
+
+    task = "classify"
+
+    def __init__(self, classes: list[str]) -> None:
+        super().__init__()
+        self.classes = classes
+        self.seen: list[float] = []
+
+    def predict(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        means = [float(image.mean()) for image in images]
+        self.seen.extend(means)
+        labels = [self.classes.index("bright" if m > 0.5 else "dark") for m in means]
+        return [{"labels": torch.tensor(label), "scores": torch.ones(len(self.classes))} for label in labels]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_image_is_skipped_not_replaced(tmp_path, workers):
+    """A file that fails only when decoded is left out and counted; no other image is scored in its place."""
+    from PIL import Image
+
+    from lstmdet.plugins.datasets_classification import ImageFolder
+
+    for cls, value, count in (("bright", 230, 2), ("dark", 20, 3)):
+        (tmp_path / cls).mkdir()
+        for i in range(count):
+            Image.new("RGB", (16, 16), (value + i, value, value)).save(tmp_path / cls / f"{i}.png")
+    truncated = tmp_path / "bright" / "1.png"
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    noisy.save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])  # the header reads, the pixels do not
+
+    folder = ImageFolder(tmp_path)
+    assert len(folder) == 5 and folder.classes == ["bright", "dark"]
+    model = MeanClassifier(folder.classes)
+    dataset = AugmentedDataset(folder, task="classify", split="eval", augment={"preset": "none"}, seed=0)
+    with pytest.warns(UserWarning, match=r"left out 1 unreadable image files: .*bright/1\.png"):
+        metrics = evaluate(model, dataset, batch_size=2, workers=workers)
+    assert metrics["skipped"] == 1
+    assert len(model.seen) == 4  # four images scored, none twice (before: the dark 0.png in 1.png's place)
+    assert np.sum(metrics["confusion"]) == 4 and metrics["accuracy"] == 1.0
