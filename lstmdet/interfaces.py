@@ -37,6 +37,9 @@ class Backbone(Protocol):
 
     ``forward(images)`` takes ``(N, 3, H, W)`` normalised images and returns a ``dict`` with one
     ``(N, C_i, ceil(H/s_i), ceil(W/s_i))`` tensor per entry of ``feature_info``, in that order.
+
+    Optional: an ``input_width: int`` attribute says the backbone takes images of exactly that width
+    (e.g. ``rows``); model assembly then checks that ``model.input`` resizes images to it.
     """
 
     feature_info: list[FeatureInfo]

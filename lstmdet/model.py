@@ -206,6 +206,7 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
     spec = cfg["model"]
     backbone = registry.create_from_spec("backbones", spec["backbone"], "model.backbone")
     info = _feature_info(backbone, spec["backbone"]["name"])
+    _check_input_width(backbone, spec["backbone"]["name"], cfg["task"], spec["input"])
     channels = {fi.name: fi.channels for fi in info}
     describe = {"backbone": f"backbone {spec['backbone']['name']!r}"}
 
@@ -266,6 +267,29 @@ def _feature_info(backbone: nn.Module, name: str) -> list[FeatureInfo]:
             "its plugin is broken"
         )
     return [FeatureInfo(*fi) for fi in info]
+
+
+def _check_input_width(backbone: nn.Module, name: str, task: str, input_cfg: dict[str, Any]) -> None:
+    """A backbone with an ``input_width`` attribute takes images of exactly that width: check the transform gives it.
+
+    Raises:
+        AssemblyError: ``model.input`` resizes images to another width (names both fields).
+    """
+    width = getattr(backbone, "input_width", None)
+    if width is None:
+        return
+    if task != "classify":
+        raise AssemblyError(
+            f"backbone {name!r} takes images exactly {width} px wide (model.backbone.width), but detection resizes "
+            f"images to varying widths (model.input.size {input_cfg['size']}, max_size {input_cfg['max_size']}); "
+            "use this backbone for classification, or choose another backbone"
+        )
+    height, given = input_cfg["size"]
+    if given != width:
+        raise AssemblyError(
+            f"model.backbone.width is {width} but model.input.size resizes images to {height}x{given} (height x "
+            f"width); set model.input.size to {width} (or [H, {width}]), or model.backbone.width to {given}"
+        )
 
 
 def _choose_levels(levels: list[str] | None, channels: dict[str, int], field: str, source: str) -> list[str]:

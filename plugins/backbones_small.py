@@ -144,6 +144,7 @@ class RowsBackbone(nn.Module):
 
     Attributes:
         feature_info: ``[FeatureInfo("rows", C * width, 1)]``.
+        input_width: ``width``: model assembly checks that ``model.input`` resizes images to it.
 
     Shapes:
         ``forward``: images ``(B, 3, H, width)`` (or ``(B, 1, H, width)`` with ``grayscale``)
@@ -157,7 +158,7 @@ class RowsBackbone(nn.Module):
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
             raise ValueError(f"rows width must be a positive int (the image width in pixels), got {width!r}")
-        self.width = width
+        self.width = self.input_width = width
         self.grayscale = bool(grayscale)
         channels = 1 if self.grayscale else 3
         self.feature_info = [FeatureInfo("rows", channels * width, 1)]

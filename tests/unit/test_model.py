@@ -97,3 +97,31 @@ def test_encoder_applies_only_to_chosen_levels():
     feats, state = model.features(torch.rand(2, 3, 64, 64))
     assert feats["c2"].shape == (2, 32, 16, 16) and feats["c3"].shape == (2, 32, 8, 8)
     assert state == {"c3": None}
+
+
+def test_rows_backbone_width_must_match_the_input_size(tmp_path):
+    """`rows` without `input: {size: 28}` used to fail only at the first forward, inside the backbone."""
+    config = {
+        "task": "classify",
+        "model": {
+            "backbone": {"name": "rows", "width": 28},
+            "encoder": {"name": "lstm", "hidden": 8, "scan": "cols"},
+            "head": {"name": "classifier", "num_classes": 10},
+        },
+    }
+    with pytest.raises(AssemblyError, match=r"model\.backbone\.width is 28 but model\.input\.size resizes images to "
+                       r"224x224.*set model\.input\.size to 28"):  # fmt: skip
+        lstmdet.create_model(config)
+    assert lstmdet.create_model({**config, "model": {**config["model"], "input": {"size": [20, 28]}}})
+    detect = {**config, "task": "detect", "model": {**config["model"], "head": {"name": "fcos", "num_classes": 2}}}
+    with pytest.raises(AssemblyError, match=r"detection resizes images to varying widths"):
+        lstmdet.create_model(detect)
+
+    import yaml
+    from helpers import run_cli
+
+    path = tmp_path / "rows.yaml"
+    path.write_text(yaml.safe_dump({**config, "data": {"train": {"name": "mnist_idx", "images": 8}}}))
+    result = run_cli("train", str(path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.backbone.width" in result.stderr and "model.input.size" in result.stderr
