@@ -334,9 +334,20 @@ def test_dockerfile_starts_from_a_cuda_runtime_image() -> None:
     assert "runtime" in image.split(":", 1)[1], image
 
 
-def test_dockerfile_installs_the_repository_with_pip() -> None:
-    runs = _instruction("RUN")
-    assert any("pip install ." in run for run in runs)
+def test_dockerfile_installs_the_built_wheel_and_smoke_tests_it() -> None:
+    """The image follows CI's path (.ci/wheel-check): build the wheel, install it, run deploy/smoke-test.sh."""
+    instructions = _dockerfile()
+    runs = [(i, rest) for i, (key, rest) in enumerate(instructions) if key == "RUN"]
+    (install,) = [i for i, run in runs if "pip wheel --no-deps --wheel-dir /tmp/wheels ." in run]
+    assert "pip install /tmp/wheels/lstmdet-*.whl" in instructions[install][1]
+    assert not any("pip install ." in run or "pip install -e" in run for _, run in runs)
+    (smoke,) = [i for i, run in runs if run.strip() == "lstmdet-smoke-test"]
+    users = [i for i, (key, _) in enumerate(instructions) if key == "USER"]
+    assert install < users[-1] < smoke, "the smoke test runs after the install, as the unprivileged user"
+    assert "deploy/smoke-test.sh /usr/local/bin/lstmdet-smoke-test" in _instruction("COPY")
+    wheel_check = (REPO / ".ci" / "wheel-check").read_text()
+    assert "deploy/smoke-test.sh" in wheel_check and "pip wheel" in wheel_check
+    assert "bash .ci/wheel-check" in (REPO / ".ci" / "run").read_text()
 
 
 def test_dockerfile_copies_only_paths_that_exist() -> None:
@@ -359,7 +370,7 @@ def test_dockerfile_switches_to_a_non_root_user_after_installing() -> None:
     user = instructions[last_user][1].split(":")[0]
     assert user.isdigit(), "use a numeric uid so that Kubernetes can verify runAsNonRoot"
     assert int(user) != 0
-    installs = [i for i, (key, rest) in enumerate(instructions) if key == "RUN" and "install" in rest]
+    installs = [i for i, (key, rest) in enumerate(instructions) if key == "RUN" and "install " in rest]
     assert installs
     assert last_user > max(installs), "USER must come after the install steps"
 
