@@ -24,6 +24,8 @@ from lstmdet.manager import current_registry
 REGISTRY = current_registry()
 # Options that make a component fit the small test inputs (everything else uses its defaults).
 BACKBONE_OPTIONS = {"rows": {"width": 48}}
+#: Options that make each built-in detection head return its top candidates before it is trained.
+HEAD_OPTIONS = {"fcos": {"score_thresh": 0.0, "detections_per_img": 50}, "retinanet": {"score_thresh": 0.0}}
 SIZE = (40, 48)  # H, W: not a power of two, so ceil(H / stride) is exercised
 COCO30 = ROOT / "tests" / "data" / "coco30"
 
@@ -89,7 +91,9 @@ def _targets(task: str) -> list[dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("name", REGISTRY.names("heads"))
 def test_head_contract(name):
-    head = REGISTRY.create("heads", name, 32, 3)
+    # An untrained detection head scores every location near its prior (0.01), below the default
+    # threshold: keep every candidate so that the checks below see real boxes.
+    head = REGISTRY.create("heads", name, 32, 3, **HEAD_OPTIONS.get(name, {}))
     assert head.task in ("classify", "detect")
     images = ImageList(torch.rand(2, 3, *SIZE), [SIZE, (32, 40)])
     features = {
@@ -117,7 +121,11 @@ def test_head_contract(name):
             assert boxes.ndim == 2 and boxes.shape[1] == 4
             assert pred["scores"].shape == pred["labels"].shape == (len(boxes),)
             assert (boxes[:, 2] <= size[1]).all() and (boxes[:, 3] <= size[0]).all()
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] >= boxes[:, :2]).all()
             assert pred["labels"].dtype == torch.int64
+            assert len(boxes) > 0, "with score_thresh 0 an untrained head must still return detections"
+            assert ((pred["labels"] >= 0) & (pred["labels"] < 3)).all()
+            assert (pred["scores"][:-1] >= pred["scores"][1:]).all(), "detections come best first"
 
 
 def _dataset_options(name: str, tmp_path: Path) -> dict:
