@@ -66,6 +66,7 @@ from albumentations.core.type_definitions import Targets
 from torch import Tensor
 
 from lstmdet.errors import ConfigError, LstmdetError
+from lstmdet.options import check_choice, check_int
 
 TASKS = ("classify", "detect")
 SPLITS = ("train", "eval")
@@ -257,8 +258,7 @@ def build_augment(task: str, split: str, spec: Mapping[str, Any] | None = None) 
     Raises:
         ConfigError: The spec is malformed; the field is named (``data.augment.transforms[2].name``).
     """
-    if task not in TASKS:
-        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    check_choice(task, "task", choices=TASKS)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     spec = {} if spec is None else spec
@@ -267,15 +267,13 @@ def build_augment(task: str, split: str, spec: Mapping[str, Any] | None = None) 
     for key in spec:
         if key not in SPEC_KEYS:
             raise ConfigError(f"{FIELD}.{key}", f"unknown key; allowed keys: {', '.join(SPEC_KEYS)}")
-    preset = spec.get("preset", DEFAULT_PRESET)
-    if preset not in PRESETS:
-        raise ConfigError(f"{FIELD}.preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
+    preset = check_choice(spec.get("preset", DEFAULT_PRESET), f"{FIELD}.preset", choices=PRESETS)
     knobs = {**PRESET_KNOBS[task][preset], **{k: spec[k] for k in _ZERO_KNOBS if k in spec}}
     knobs = {k: _check_knob(k, v) for k, v in knobs.items()}
     box = {k: _check_fraction_or_size(k, spec.get(k, v)) for k, v in BOX_KEYS.items()}
     seed = spec.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ConfigError(f"{FIELD}.seed", f"must be a non-negative integer, got {seed!r}")
+    if seed is not None:
+        check_int(seed, f"{FIELD}.seed", minimum=0)
     raw = spec.get("transforms") or []
     if not isinstance(raw, list):
         raise ConfigError(f"{FIELD}.transforms", f"must be a list of {{name: Transform, ...}} mappings, got {raw!r}")

@@ -59,6 +59,7 @@ from lstmdet.engine.writers import (
 )
 from lstmdet.errors import Cancelled, LstmdetError
 from lstmdet.model import LstmdetModel
+from lstmdet.options import check_float, check_int
 
 #: ``detect`` option -> detection-head attribute it sets for the run.
 HEAD_OPTIONS = {"score_thresh": "score_thresh", "nms_thresh": "nms_thresh", "max_detections": "detections_per_img"}
@@ -86,14 +87,6 @@ def _device(name: str | torch.device, model: LstmdetModel | None) -> torch.devic
     return device
 
 
-def _check(value: Any, name: str, flag: str, low: float, high: float | None = None, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        span = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise LstmdetError(f"{name} ({flag}) must be {'an integer' if integer else 'a number'} {span}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class DetectOptions:
     """How a folder is detected: the options of :func:`detect` that do not name files (checked).
@@ -114,18 +107,15 @@ class DetectOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        _check(self.batch_size, "batch_size", "--batch-size", 1, integer=True)
+        check_int(self.batch_size, "batch_size (--batch-size)", "detect", minimum=1)
         if self.workers is not None:
-            _check(self.workers, "workers", "--workers", 0, integer=True)
-        _check(self.max_pixels, "max_pixels", "--max-pixels", 1, integer=True)
-        for value, name, flag in (
-            (self.score_thresh, "score_thresh", "--conf"),
-            (self.nms_thresh, "nms_thresh", "--iou"),
-        ):
+            check_int(self.workers, "workers (--workers)", "detect", minimum=0)
+        check_int(self.max_pixels, "max_pixels (--max-pixels)", "detect", minimum=1)
+        for value, name in ((self.score_thresh, "score_thresh (--conf)"), (self.nms_thresh, "nms_thresh (--iou)")):
             if value is not None:
-                _check(value, name, flag, 0.0, 1.0)
+                check_float(value, name, "detect", low=0.0, high=1.0)
         if self.max_detections is not None:
-            _check(self.max_detections, "max_detections", "--max-det", 1, integer=True)
+            check_int(self.max_detections, "max_detections (--max-det)", "detect", minimum=1)
         object.__setattr__(self, "device", str(self.device))
 
     @classmethod
