@@ -55,9 +55,9 @@ from lstmdet.engine.writers import (
     detection_record,
     finalize,
     read_done,
-    write_json,
 )
 from lstmdet.errors import Cancelled, LstmdetError
+from lstmdet.fileio import atomic_write_json
 from lstmdet.model import LstmdetModel
 from lstmdet.options import check_float, check_int
 
@@ -359,7 +359,7 @@ def detect(
         seconds=seconds, images_per_s=processed / loop_seconds if loop_seconds > 0 else 0.0,
         resumed=sum(name in done for name in inputs.names),
     )  # fmt: skip
-    write_json(out / SUMMARY, summary)
+    atomic_write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -502,7 +502,7 @@ def _start(out: Path, options: dict[str, Any], resume: bool) -> tuple[set[str], 
                 f"cannot resume {out}: it was started with other options ({listed}); resume with the same "
                 "weights and options, or choose another --out"
             )
-    write_json(path, options)
+    atomic_write_json(path, options)
     return done, keep
 
 

@@ -9,7 +9,7 @@ input order, appended and flushed batch by batch. Everything else is derived fro
 * ``coco_results.json``: the COCO results list (``image_id``, ``category_id`` = label index,
   ``bbox`` ``[x, y, w, h]``, ``score``) that ``pycocotools.COCO.loadRes`` takes as it is.
 
-Final files are written to a temporary name and renamed into place (:func:`atomic_open`), so a
+Final files are written to a temporary name and renamed into place (:mod:`lstmdet.fileio`), so a
 reader never sees half a file. :func:`read_done` reads back the lines of an interrupted run for
 ``--resume``. :class:`AnnotatedImageWriter` draws boxes, class names and scores on copies of the
 images in background threads.
@@ -18,11 +18,9 @@ images in background threads.
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lstmdet.engine.metrics import coco_results_list
 from lstmdet.errors import LstmdetError
+from lstmdet.fileio import atomic_open, atomic_write_json
 
 DETECTIONS = "detections.jsonl"
 IMAGES = "images.json"
@@ -50,28 +49,8 @@ _PALETTE = (
 )  # fmt: skip
 
 
-@contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success rename it to ``path``, on error remove it.
-
-    Args:
-        path: Final file.
-        mode: ``"w"`` (text, UTF-8) or ``"wb"``.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    with atomic_open(path) as f:
-        f.write(json.dumps(data, indent=2) + "\n")
+#: Still importable from here for ``workers.tasks``; new code imports :func:`lstmdet.fileio.atomic_write_json`.
+write_json = atomic_write_json
 
 
 def detection_record(file: str, width: int, height: int, prediction: dict[str, Any], classes: Sequence[str]) -> dict:
