@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from lstmdet.errors import ConfigError, LstmdetError
+from lstmdet.levels import parse_levels
 from lstmdet.options import check_choice, check_int, check_list, check_type, is_int, is_number
 
 TASKS = ("classify", "detect")
@@ -111,8 +112,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for part in ("backbone", "encoder", "head"):
         model[part] = _component(model.get(part, {"name": "identity"} if part == "encoder" else None), part)
     model["neck"] = _neck(model.get("neck"))
-    model["encoder"]["levels"] = _levels(model["encoder"].get("levels"), "model.encoder.levels")
-    model["head"]["levels"] = _levels(model["head"].get("levels"), "model.head.levels")
+    model["encoder"]["levels"] = parse_levels(model["encoder"].get("levels"), "model.encoder.levels")
+    model["head"]["levels"] = parse_levels(model["head"].get("levels"), "model.head.levels")
     model["input"] = _input(model.get("input"), task)
     model["classes"], model["head"]["num_classes"] = _classes(model.get("classes"), model["head"])
     config["train"] = _train(config.get("train"))
@@ -201,16 +202,6 @@ def _neck(value: Any) -> dict[str, Any] | None:
     value = _mapping(value, "model.neck")
     _check_keys(value, ("channels",), "model.neck")
     check_int(value.get("channels"), "model.neck.channels", minimum=1)
-    return value
-
-
-def _levels(value: Any, field: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(field, f"must be a non-empty list of feature-level names, got {value!r}")
     return value
 
 
