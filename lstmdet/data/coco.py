@@ -43,6 +43,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from lstmdet.boxes import clip_boxes
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, image_size
 from lstmdet.errors import LstmdetError
 from lstmdet.fileio import atomic_write_json
@@ -82,7 +83,7 @@ def sanitize_boxes(
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     limits = np.array([width, height, width, height], dtype=np.float64)
     outside = (boxes < -CLIP_TOLERANCE) | (boxes > limits + CLIP_TOLERANCE)
-    clipped = np.clip(boxes, 0.0, limits)
+    clipped = clip_boxes(boxes, width, height)
     keep = ((clipped[:, 2] - clipped[:, 0]) >= MIN_BOX_SIZE) & ((clipped[:, 3] - clipped[:, 1]) >= MIN_BOX_SIZE)
     n_out, n_bad = int(outside.any(axis=1).sum()), int((~keep).sum())
     if n_out or n_bad:

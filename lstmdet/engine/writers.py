@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lstmdet.boxes import clip_boxes
 from lstmdet.engine.metrics import coco_results_list
 from lstmdet.errors import LstmdetError
 from lstmdet.fileio import atomic_open, atomic_write_json
@@ -231,8 +232,8 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]]) -> 
     for det in reversed(detections):  # best on top
         x, y, w, h = det["bbox"]
         # boxes touching the right or bottom edge end at W or H: keep their outline inside the image
-        x1, y1 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
-        x2, y2 = min(max(x + w, x1), width - 1), min(max(y + h, y1), height - 1)
+        x1, y1, x2, y2 = clip_boxes([[x, y, x + w, y + h]], width - 1, height - 1)[0].tolist()
+        x2, y2 = max(x2, x1), max(y2, y1)
         colour = _PALETTE[det["category_id"] % len(_PALETTE)]
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
         label = f"{det['category']} {det['score']:.2f}"
