@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from lstmdet.data.images import DEFAULT_MAX_PIXELS
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
+from lstmdet.engine.device import resolve_device
 from lstmdet.engine.malloc import keep_freed_memory
 from lstmdet.engine.writers import (
     DETECTIONS,
@@ -74,17 +75,10 @@ def _sha256(path: Path) -> str:
 
 
 def _device(name: str | torch.device, model: LstmdetModel | None) -> torch.device:
-    from lstmdet.engine.train import resolve_device
-
-    if str(name) == "auto":
-        return model.device if model is not None else resolve_device("auto")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise LstmdetError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LstmdetError(f"device {name!r} was asked for but CUDA is not available; use --device cpu (or auto)")
-    return device
+    """``auto`` with a model given: the model's device; otherwise :func:`resolve_device`."""
+    if str(name) == "auto" and model is not None:
+        return model.device
+    return resolve_device(name)
 
 
 @dataclass(frozen=True)
