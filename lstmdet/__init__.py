@@ -3,6 +3,7 @@
 Public plugin API (stable)::
 
     from lstmdet import hookimpl, FeatureInfo
+    from lstmdet.options import check_int, check_float, check_choice  # option checks with lstmdet's messages
 
 Python API: :func:`components`, :func:`create_component`, :func:`create_model`, :func:`load`, :func:`train`,
 :func:`detect`.

@@ -12,9 +12,7 @@ A checkpoint holds the full config, the class names, the weights and the lstmdet
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 
 from lstmdet.errors import CheckpointError
+from lstmdet.fileio import atomic_path
 
 FORMAT = "lstmdet.checkpoint"
 FORMAT_VERSION = 1
@@ -56,24 +55,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, *, train_state: di
     }
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             if train_state is not None:
                 raise CheckpointError("a .safetensors checkpoint cannot hold train_state; save it as .pt")
             from safetensors.torch import save_file
 
-            save_file(state_dict, tmp, metadata={"lstmdet": json.dumps(header)})
+            save_file(state_dict, str(tmp), metadata={"lstmdet": json.dumps(header)})
         else:
             torch.save({**header, "state_dict": state_dict, "train_state": train_state}, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is shared like any file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

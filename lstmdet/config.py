@@ -33,6 +33,8 @@ from typing import Any
 import yaml
 
 from lstmdet.errors import ConfigError, LstmdetError
+from lstmdet.levels import parse_levels
+from lstmdet.options import check_choice, check_int, check_list, check_type, is_int, is_number
 
 TASKS = ("classify", "detect")
 TOP_LEVEL_KEYS = ("task", "model", "data", "train", "eval", "detect")
@@ -104,16 +106,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check ``config`` in place, fill defaults and return it (see :func:`load_config`)."""
     _check_keys(config, TOP_LEVEL_KEYS, "config")
-    task = config.get("task")
-    if task not in TASKS:
-        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    task = check_choice(config.get("task"), "task", choices=TASKS)
     model = _mapping(config.get("model"), "model")
     _check_keys(model, MODEL_KEYS, "model")
     for part in ("backbone", "encoder", "head"):
         model[part] = _component(model.get(part, {"name": "identity"} if part == "encoder" else None), part)
     model["neck"] = _neck(model.get("neck"))
-    model["encoder"]["levels"] = _levels(model["encoder"].get("levels"), "model.encoder.levels")
-    model["head"]["levels"] = _levels(model["head"].get("levels"), "model.head.levels")
+    model["encoder"]["levels"] = parse_levels(model["encoder"].get("levels"), "model.encoder.levels")
+    model["head"]["levels"] = parse_levels(model["head"].get("levels"), "model.head.levels")
     model["input"] = _input(model.get("input"), task)
     model["classes"], model["head"]["num_classes"] = _classes(model.get("classes"), model["head"])
     config["train"] = _train(config.get("train"))
@@ -129,18 +129,14 @@ def _train(value: Any) -> dict[str, Any]:
     _check_keys(value, tuple(TRAIN_SCHEMA), "train")
     out = {}
     for key, (default, types, allowed) in TRAIN_SCHEMA.items():
-        item = value.get(key, default)
-        if (isinstance(item, bool) and bool not in types) or not isinstance(item, types):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ConfigError(f"train.{key}", f"must be {names}, got {item!r}")
-        if allowed is not None and item not in allowed:
-            raise ConfigError(f"train.{key}", f"must be one of {', '.join(allowed)}, got {item!r}")
+        item = check_type(value.get(key, default), f"train.{key}", types=types)
+        if allowed is not None:
+            check_choice(item, f"train.{key}", choices=allowed)
         if isinstance(item, (int, float)) and not isinstance(item, bool) and item < 0:
             raise ConfigError(f"train.{key}", f"must not be negative, got {item!r}")
         out[key] = item
     for key in ("epochs", "batch_size"):
-        if out[key] < 1:
-            raise ConfigError(f"train.{key}", f"must be at least 1, got {out[key]}")
+        check_int(out[key], f"train.{key}", minimum=1)
     if not 0 <= out["warmup"] < 1:
         raise ConfigError("train.warmup", f"is the warm-up share of all steps, in [0, 1); got {out['warmup']}")
     return out
@@ -205,19 +201,7 @@ def _neck(value: Any) -> dict[str, Any] | None:
         return None
     value = _mapping(value, "model.neck")
     _check_keys(value, ("channels",), "model.neck")
-    channels = value.get("channels")
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ConfigError("model.neck.channels", f"must be a positive integer, got {channels!r}")
-    return value
-
-
-def _levels(value: Any, field: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(field, f"must be a non-empty list of feature-level names, got {value!r}")
+    check_int(value.get("channels"), "model.neck.channels", minimum=1)
     return value
 
 
@@ -227,23 +211,22 @@ def _input(value: Any, task: str) -> dict[str, Any]:
     size = value.get("size", DEFAULT_SIZE[task])
     if task == "classify":
         size = [size, size] if isinstance(size, int) else size
-        ok = isinstance(size, list) and len(size) == 2 and all(_positive_int(s) for s in size)
+        ok = isinstance(size, list) and len(size) == 2 and all(is_int(s, minimum=1) for s in size)
         if not ok:
             raise ConfigError("model.input.size", f"must be an integer or [height, width], got {size!r}")
         if value.get("max_size") is not None:
             raise ConfigError("model.input.max_size", "applies to detection only; classify resizes to size")
         max_size = None
     else:
-        if not _positive_int(size):
+        if not is_int(size, minimum=1):
             raise ConfigError("model.input.size", f"must be a positive integer (shorter image side), got {size!r}")
         max_size = value.get("max_size", max(size, round(size * 1333 / 800)))
-        if not _positive_int(max_size) or max_size < size:
+        if not is_int(max_size, minimum=size):
             raise ConfigError("model.input.max_size", f"must be an integer >= size ({size}), got {max_size!r}")
     mean = value.get("mean", IMAGENET_MEAN)
     std = value.get("std", IMAGENET_STD)
     for key, triple in (("mean", mean), ("std", std)):
-        if not (isinstance(triple, list) and len(triple) == 3 and all(isinstance(v, (int, float)) for v in triple)):
-            raise ConfigError(f"model.input.{key}", f"must be a list of 3 numbers (R, G, B), got {triple!r}")
+        check_list(triple, f"model.input.{key}", of="numbers (R, G, B)", item=is_number, length=3)
     if any(v <= 0 for v in std):
         raise ConfigError("model.input.std", f"must be positive, got {std!r}")
     return {"size": size, "max_size": max_size, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
@@ -251,8 +234,8 @@ def _input(value: Any, task: str) -> dict[str, Any]:
 
 def _classes(classes: Any, head: dict[str, Any]) -> tuple[list[str], int]:
     num_classes = head.get("num_classes")
-    if num_classes is not None and not _positive_int(num_classes):
-        raise ConfigError("model.head.num_classes", f"must be a positive integer, got {num_classes!r}")
+    if num_classes is not None:
+        check_int(num_classes, "model.head.num_classes", minimum=1)
     if classes is None:
         if num_classes is None:
             raise ConfigError("model.head.num_classes", "is required (or give model.classes, a list of names)")
@@ -265,7 +248,3 @@ def _classes(classes: Any, head: dict[str, Any]) -> tuple[list[str], int]:
             "model.head.num_classes", f"is {num_classes} but model.classes lists {len(classes)} names; make them agree"
         )
     return classes, len(classes)
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -35,6 +35,30 @@ class ConfigError(LstmdetError, ValueError):
         super().__init__(f"config field {field}: {message}")
 
 
+class OptionError(LstmdetError, ValueError):
+    """An option of a component, command or job spec has a value of the wrong type or out of range.
+
+    It is a ``ValueError`` too, so the registry reports it on the component's config section like
+    any value a component refuses. :mod:`lstmdet.options` raises it; plugins may raise it for checks
+    of their own.
+
+    Args:
+        owner: Who takes the option, e.g. ``fcos head``, ``detect job spec``.
+        option: The option's name, e.g. ``score_thresh``.
+        message: What is wrong and what to pass instead, read after the option's name:
+            ``"must be a number in [0, 1], got 1.5"``.
+    """
+
+    def __init__(self, owner: str, option: str, message: str) -> None:
+        self.owner = owner
+        self.option = option
+        self.message = message
+        super().__init__(f"{owner}: {option} {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # picklable across processes
+        return type(self), (self.owner, self.option, self.message)
+
+
 class AssemblyError(LstmdetError, ValueError):
     """Two parts of a model do not fit together (channels, levels, input size)."""
 

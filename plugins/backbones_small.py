@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from lstmdet import FeatureInfo, hookimpl
+from lstmdet.levels import level_name, parse_levels
+from lstmdet.options import check_int, check_list, is_int
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -58,34 +60,18 @@ class SmallCNN(nn.Module):
         image_channels: int = 3,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(widths, (str, bytes))
-            or not isinstance(widths, Sequence)
-            or not widths
-            or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
-        ):
-            raise ValueError(
-                f"small_cnn widths must be a non-empty list of positive ints such as [32, 64, 128], got {widths!r}"
-            )
-        if isinstance(image_channels, bool) or not isinstance(image_channels, int) or image_channels <= 0:
-            raise ValueError(f"small_cnn image_channels must be a positive int, got {image_channels!r}")
-        available = [f"c{i + 1}" for i in range(len(widths))]
-        if levels is None:
-            wanted = [available[-1]]
-        elif isinstance(levels, str):
-            wanted = [levels]
-        elif isinstance(levels, Sequence) and levels and all(isinstance(v, str) for v in levels):
-            wanted = list(levels)
-        else:
-            raise ValueError(f"small_cnn levels must be a non-empty list of level names such as ['c3'], got {levels!r}")
+        owner = "small_cnn backbone"
+        of = "positive integers such as [32, 64, 128]"
+        widths = check_list(widths, "widths", owner, of=of, item=lambda w: is_int(w, minimum=1))
+        check_int(image_channels, "image_channels", owner, minimum=1)
+        available = [level_name(2 ** (i + 1)) for i in range(len(widths))]
+        wanted = parse_levels(levels, "levels", owner, default=available[-1:])
         unknown = [name for name in wanted if name not in available]
         if unknown:
             raise ValueError(
                 f"small_cnn with widths {list(widths)} has no level(s) {unknown}; "
                 f"available levels: {', '.join(available)} (add widths for deeper levels)"
             )
-        if len(set(wanted)) != len(wanted):
-            raise ValueError(f"small_cnn levels must not repeat a name, got {wanted}")
 
         self.image_channels = image_channels
         chosen = sorted(wanted, key=available.index)
@@ -156,8 +142,7 @@ class RowsBackbone(nn.Module):
 
     def __init__(self, width: int = 28, grayscale: bool = True) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-            raise ValueError(f"rows width must be a positive int (the image width in pixels), got {width!r}")
+        check_int(width, "width", "rows backbone", minimum=1, hint="it is the image width in pixels")
         self.width = self.input_width = width
         self.grayscale = bool(grayscale)
         channels = 1 if self.grayscale else 3

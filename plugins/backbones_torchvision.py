@@ -21,7 +21,6 @@ to download it otherwise. Offline, copy the file there (``TORCH_HOME`` moves the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 
 from lstmdet import FeatureInfo, hookimpl
 from lstmdet.errors import LstmdetError
+from lstmdet.levels import level_name, parse_levels
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -128,19 +128,6 @@ def load_pretrained_state(arch: str) -> dict[str, Tensor]:
         ) from exc
 
 
-def _parse_levels(levels: Sequence[str] | str | None, default: Sequence[str]) -> list[str]:
-    """Normalise the ``levels`` option to a list of names (a single string is one level)."""
-    if levels is None:
-        return list(default)
-    if isinstance(levels, str):
-        return [levels]
-    if not isinstance(levels, Sequence) or not levels or not all(isinstance(v, str) for v in levels):
-        raise ValueError(f"levels must be a non-empty list of level names such as ['c3', 'c4'], got {levels!r}")
-    if len(set(levels)) != len(levels):
-        raise ValueError(f"levels must not repeat a name, got {list(levels)}")
-    return list(levels)
-
-
 class TorchvisionBackbone(nn.Module):
     """Feature part of a torchvision classifier, returning the maps named in ``levels``.
 
@@ -174,7 +161,7 @@ class TorchvisionBackbone(nn.Module):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown torchvision backbone {arch!r}; available: {', '.join(ARCHITECTURES)}")
-        wanted = _parse_levels(levels, DEFAULT_LEVELS)
+        wanted = parse_levels(levels, "levels", f"{arch} backbone", default=DEFAULT_LEVELS)
         self.arch = arch
         self.frozen = bool(frozen)
 
@@ -218,7 +205,7 @@ class TorchvisionBackbone(nn.Module):
     @staticmethod
     def _probe(layers: list[tuple[str, nn.Module]]) -> dict[str, tuple[int, int, int]]:
         """Find each ``cK`` level's layer index, channels and stride with a meta-device dummy image."""
-        found: dict[int, tuple[int, int, int]] = {}
+        found: dict[int, tuple[int, int, int]] = {}  # stride -> (layer index, channels, stride)
         x = torch.empty(1, 3, _PROBE_SIZE, _PROBE_SIZE, device="meta")
         with torch.no_grad():
             for index, (_, layer) in enumerate(layers):
@@ -228,8 +215,8 @@ class TorchvisionBackbone(nn.Module):
                 layer.train(was_training)
                 stride = _PROBE_SIZE // x.shape[-2]
                 if x.shape[-2] * stride == _PROBE_SIZE and stride > 1 and stride & (stride - 1) == 0:
-                    found[int(math.log2(stride))] = (index, int(x.shape[1]), stride)
-        return {f"c{k}": found[k] for k in sorted(found)}
+                    found[stride] = (index, int(x.shape[1]), stride)
+        return {level_name(stride): found[stride] for stride in sorted(found)}
 
     def _load_pretrained(self) -> None:
         state = load_pretrained_state(self.arch)

@@ -23,7 +23,7 @@ from lstmdet import hookimpl
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, SkipsUnreadable, find_images, read_image
 from lstmdet.data.mnist import mnist_split
 from lstmdet.errors import LstmdetError
-from lstmdet.plugins.datasets_digits import int_option
+from lstmdet.options import check_choice, check_int
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -61,9 +61,8 @@ class MnistIdx(Dataset):
         val_count: int = 1000,
         images: int | None = None,
     ) -> None:
-        if split not in MNIST_SPLITS:
-            raise ValueError(f"mnist_idx split must be one of {', '.join(MNIST_SPLITS)}, got {split!r}")
-        val_count = int_option(val_count, "mnist_idx val_count", minimum=0)
+        check_choice(split, "split", "mnist_idx", choices=MNIST_SPLITS)
+        val_count = check_int(val_count, "val_count", "mnist_idx", minimum=0)
         protocol = mnist_split(root)
         digits, labels = (t.numpy() for t in protocol["test" if split == "test" else "train"])
         if val_count >= len(digits) and split in ("train", "val"):
@@ -73,7 +72,7 @@ class MnistIdx(Dataset):
         elif split == "val":
             digits, labels = digits[len(digits) - val_count :], labels[len(labels) - val_count :]
         if images is not None:
-            images = int_option(images, "mnist_idx images")
+            images = check_int(images, "images", "mnist_idx", minimum=1)
             if images > len(digits):
                 raise ValueError(f"mnist_idx images={images} but split {split!r} has only {len(digits)} digits")
             digits, labels = digits[:images], labels[:images]

@@ -32,6 +32,8 @@ from torch.utils.data import Dataset
 
 from lstmdet import hookimpl
 from lstmdet.data.mnist import mnist_split
+from lstmdet.errors import OptionError
+from lstmdet.options import check_choice, check_float, check_int, check_list
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -48,38 +50,25 @@ DIGIT_SPLITS = ("train", "test")
 # --------------------------------------------------------------------------- option checks
 
 
-def int_option(value: Any, name: str, *, minimum: int = 1) -> int:
-    """``value`` if it is an int >= ``minimum``, else ``ValueError`` naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def _range_option(value: Any, option: str, owner: str, *, integer: bool, minimum: float) -> tuple[Any, Any]:
+    """A ``(low, high)`` pair with ``minimum <= low <= high`` (ints if ``integer``).
 
-
-def float_option(value: Any, name: str, *, minimum: float = 0.0, maximum: float = math.inf) -> float:
-    """``value`` as a float in ``[minimum, maximum]``, else ``ValueError`` naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be a number in [{minimum}, {maximum}], got {value!r}")
-    return float(value)
-
-
-def range_option(value: Any, name: str, *, integer: bool, minimum: float) -> tuple[Any, Any]:
-    """A ``(low, high)`` pair with ``minimum <= low <= high`` (ints if ``integer``)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"{name} must be a pair [low, high], got {value!r}")
-    check = int_option if integer else float_option
-    low, high = (check(v, name, minimum=minimum) for v in value)
+    Raises:
+        OptionError: Not such a pair; the message names ``owner`` and ``option``.
+    """
+    pair = check_list(value, option, owner, of="numbers [low, high]", length=2)
+    if integer:
+        low, high = (check_int(v, option, owner, minimum=int(minimum)) for v in pair)
+    else:
+        low, high = (check_float(v, option, owner, low=minimum) for v in pair)
     if low > high:
-        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
+        raise OptionError(owner, option, f"must be [low, high] with low <= high, got {pair}")
     return low, high
 
 
-def _split_option(split: Any, name: str) -> str:
-    if split not in DIGIT_SPLITS:
-        raise ValueError(
-            f"{name} split must be 'train' (the 8,000 protocol training digits) or 'test' (the 2,000 held-out "
-            f"digits), got {split!r}"
-        )
-    return split
+def _split_option(split: Any, owner: str) -> str:
+    hint = "'train' draws the 8,000 protocol training digits, 'test' the 2,000 held-out digits"
+    return check_choice(split, "split", owner, choices=DIGIT_SPLITS, hint=hint)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -193,15 +182,16 @@ class DigitsDet(_DigitSource):
         background: float = 0.1,
         root: str | os.PathLike | None = None,
     ) -> None:
-        self.images = int_option(images, "digits_det images")
-        self.seed = int_option(seed, "digits_det seed", minimum=0)
-        self.size = int_option(size, "digits_det size", minimum=8)
-        self.digits_range = range_option(digits, "digits_det digits", integer=True, minimum=0)
-        self.scale = range_option(scale, "digits_det scale", integer=False, minimum=0.1)
-        self.split = _split_option(split, "digits_det")
-        self.max_overlap = float_option(max_overlap, "digits_det max_overlap", maximum=1.0)
-        self.noise = float_option(noise, "digits_det noise", maximum=1.0)
-        self.background = float_option(background, "digits_det background", maximum=1.0)
+        owner = "digits_det"
+        self.images = check_int(images, "images", owner, minimum=1)
+        self.seed = check_int(seed, "seed", owner, minimum=0)
+        self.size = check_int(size, "size", owner, minimum=8)
+        self.digits_range = _range_option(digits, "digits", owner, integer=True, minimum=0)
+        self.scale = _range_option(scale, "scale", owner, integer=False, minimum=0.1)
+        self.split = _split_option(split, owner)
+        self.max_overlap = check_float(max_overlap, "max_overlap", owner, low=0.0, high=1.0)
+        self.noise = check_float(noise, "noise", owner, low=0.0, high=1.0)
+        self.background = check_float(background, "background", owner, low=0.0, high=1.0)
         self._load_digits(root, self.split)
 
     def __len__(self) -> int:
@@ -298,17 +288,18 @@ class DigitsVideo(_DigitSource):
         background: float = 0.1,
         root: str | os.PathLike | None = None,
     ) -> None:
-        self.clips = int_option(clips, "digits_video clips")
-        self.frames = int_option(frames, "digits_video frames")
-        self.seed = int_option(seed, "digits_video seed", minimum=0)
-        self.size = int_option(size, "digits_video size", minimum=8)
-        self.digits_range = range_option(digits, "digits_video digits", integer=True, minimum=1)
-        self.split = _split_option(split, "digits_video")
-        self.occlusion = float_option(occlusion, "digits_video occlusion", maximum=1.0)
-        self.scale = range_option(scale, "digits_video scale", integer=False, minimum=0.1)
-        self.speed = range_option(speed, "digits_video speed", integer=False, minimum=0.0)
-        self.noise = float_option(noise, "digits_video noise", maximum=1.0)
-        self.background = float_option(background, "digits_video background", maximum=1.0)
+        owner = "digits_video"
+        self.clips = check_int(clips, "clips", owner, minimum=1)
+        self.frames = check_int(frames, "frames", owner, minimum=1)
+        self.seed = check_int(seed, "seed", owner, minimum=0)
+        self.size = check_int(size, "size", owner, minimum=8)
+        self.digits_range = _range_option(digits, "digits", owner, integer=True, minimum=1)
+        self.split = _split_option(split, owner)
+        self.occlusion = check_float(occlusion, "occlusion", owner, low=0.0, high=1.0)
+        self.scale = _range_option(scale, "scale", owner, integer=False, minimum=0.1)
+        self.speed = _range_option(speed, "speed", owner, integer=False, minimum=0.0)
+        self.noise = check_float(noise, "noise", owner, low=0.0, high=1.0)
+        self.background = check_float(background, "background", owner, low=0.0, high=1.0)
         self._load_digits(root, self.split)
 
     def __len__(self) -> int:

@@ -44,6 +44,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from lstmdet import hookimpl
+from lstmdet.errors import OptionError
+from lstmdet.options import check_bool, check_int
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -56,12 +58,6 @@ ELEMENTWISE_FLOPS_PER_UNIT = 10
 
 #: Per layer: ``(h, c)``, each ``(B, hidden, H, W)``.
 ConvLSTMState = list[tuple[Tensor, Tensor]]
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"convlstm option {name}={value!r} is not allowed: {name} must be a positive integer")
-    return value
 
 
 def _conv_backward(
@@ -301,21 +297,25 @@ class ConvLSTMEncoder(nn.Module):
         self, in_channels: int, *, hidden: int = 64, layers: int = 1, kernel_size: int = 3, residual: bool = False
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.hidden = _positive_int("hidden", hidden)
-        self.num_layers = _positive_int("layers", layers)
-        self.kernel_size = _positive_int("kernel_size", kernel_size)
+        owner = "convlstm encoder"
+        self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
+        self.hidden = check_int(hidden, "hidden", owner, minimum=1)
+        self.num_layers = check_int(layers, "layers", owner, minimum=1)
+        self.kernel_size = check_int(kernel_size, "kernel_size", owner, minimum=1)
         if kernel_size % 2 == 0:
-            raise ValueError(
-                f"convlstm option kernel_size={kernel_size!r} is not allowed: kernel_size must be odd "
-                f"(e.g. {kernel_size - 1} or {kernel_size + 1}) so that the output keeps the input's H and W"
+            raise OptionError(
+                owner,
+                "kernel_size",
+                f"must be odd (e.g. {kernel_size - 1} or {kernel_size + 1}) so that the output keeps the input's "
+                f"H and W, got {kernel_size!r}",
             )
-        if not isinstance(residual, bool):
-            raise ValueError(f"convlstm option residual={residual!r} is not allowed: give true or false")
+        check_bool(residual, "residual", owner)
         if residual and hidden != in_channels:
-            raise ValueError(
-                f"convlstm option residual=True adds the input to the output, so hidden ({hidden}) must "
-                f"equal the input's {in_channels} channels; set hidden: {in_channels}, or residual: false"
+            raise OptionError(
+                owner,
+                "residual",
+                f"adds the input to the output, so hidden ({hidden}) must equal the input's {in_channels} "
+                f"channels; set hidden: {in_channels}, or residual: false",
             )
         self.residual = residual
         self.out_channels = hidden

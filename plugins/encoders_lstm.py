@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 from lstmdet import hookimpl
+from lstmdet.options import check_choice, check_int
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -62,12 +63,6 @@ def lstm_step_flops(in_features: int, hidden: int) -> int:
     return 4 * hidden * (in_features + hidden) * 2 + 4 * hidden + ELEMENTWISE_FLOPS_PER_UNIT * hidden
 
 
-def _positive_int(encoder: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{encoder} option {name}={value!r} is not allowed: {name} must be a positive integer")
-    return value
-
-
 def _check_input(encoder: str, x: Tensor, in_channels: int) -> None:
     if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[2] != in_channels:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -88,7 +83,7 @@ class IdentityEncoder(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
-        self.in_channels = _positive_int("identity", "in_channels", in_channels)
+        self.in_channels = check_int(in_channels, "in_channels", "identity encoder", minimum=1)
         self.out_channels = in_channels
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, None]:
@@ -134,15 +129,11 @@ class LSTMSweepEncoder(nn.Module):
 
     def __init__(self, in_channels: int, *, hidden: int = 64, layers: int = 1, scan: str = "both") -> None:
         super().__init__()
-        self.in_channels = _positive_int(self.name, "in_channels", in_channels)
-        self.hidden = _positive_int(self.name, "hidden", hidden)
-        self.num_layers = _positive_int(self.name, "layers", layers)
-        if not isinstance(scan, str) or scan not in SCANS:
-            raise ValueError(
-                f"{self.name} option scan={scan!r} is not allowed: scan must be one of "
-                f"{', '.join(repr(s) for s in SCANS)}"
-            )
-        self.scan = scan
+        owner = f"{self.name} encoder"
+        self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
+        self.hidden = check_int(hidden, "hidden", owner, minimum=1)
+        self.num_layers = check_int(layers, "layers", owner, minimum=1)
+        self.scan = check_choice(scan, "scan", owner, choices=SCANS)
         self.directions = 2 if self.bidirectional else 1
         self.out_channels = hidden * self.directions
         self.row_lstm = self._lstm(in_channels) if scan in ("rows", "both") else None

@@ -23,16 +23,12 @@ from torchvision.models.detection.image_list import ImageList
 
 from lstmdet import hookimpl
 from lstmdet.errors import AssemblyError
+from lstmdet.options import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
 
 POOLS: tuple[str, ...] = ("mean", "max", "last")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"classifier head: {name} must be a positive integer, got {value!r}")
 
 
 class ClassifierHead(nn.Module):
@@ -62,12 +58,11 @@ class ClassifierHead(nn.Module):
         level: str | None = None,
     ) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_classes", num_classes)
-        if pool not in POOLS:
-            raise ValueError(f"classifier head: pool must be one of {', '.join(POOLS)}; got {pool!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"classifier head: dropout must be a number in [0, 1), got {dropout!r}")
+        owner = "classifier head"
+        check_int(in_channels, "in_channels", owner, minimum=1)
+        check_int(num_classes, "num_classes", owner, minimum=1)
+        check_choice(pool, "pool", owner, choices=POOLS)
+        check_float(dropout, "dropout", owner, low=0.0, high=1.0, high_open=True)
         if level is not None and (not isinstance(level, str) or not level):
             raise ValueError(
                 f"classifier head: level must be the name of a feature level (a string) or None, got {level!r}"

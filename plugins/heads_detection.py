@@ -48,6 +48,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from lstmdet import hookimpl
 from lstmdet.errors import AssemblyError
+from lstmdet.options import check_choice, check_float, check_int, check_list, is_number
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -61,25 +62,9 @@ _MAX_LOG2_STRIDE = 16
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_int(head: str, name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{head} head: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_float(head: str, name: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{head} head: {name} must be a number in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
-
-
 def _norm_layer(head: str, norm: str, channels: int) -> Callable[..., nn.Module] | None:
     """Map the ``norm`` option to a torchvision ``norm_layer`` (``None`` means no normalisation)."""
-    if norm not in NORMS:
-        raise ValueError(f"{head} head: norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    check_choice(norm, "norm", f"{head} head", choices=NORMS)
     if norm == "group":
         if channels % 32:
             raise ValueError(
@@ -348,9 +333,10 @@ class FCOSDetectionHead(_HeadForward, FCOS):
     ) -> None:
         nn.Module.__init__(self)  # torchvision's FCOS.__init__ would build a backbone and transform
         name = self._name
-        self.in_channels = _check_int(name, "in_channels", in_channels, 1)
-        self.num_classes = _check_int(name, "num_classes", num_classes, 1)
-        num_convs = _check_int(name, "num_convs", num_convs, 0)
+        owner = f"{name} head"
+        self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
+        self.num_classes = check_int(num_classes, "num_classes", owner, minimum=1)
+        num_convs = check_int(num_convs, "num_convs", owner, minimum=0)
         norm_layer = _norm_layer(name, norm, in_channels)
         self.norm = norm
         self.anchor_offsets = _check_offsets(name, anchor_offsets)
@@ -365,13 +351,13 @@ class FCOSDetectionHead(_HeadForward, FCOS):
             )
             self.head.regression_head = FCOSRegressionHead(in_channels, a, num_convs=num_convs, norm_layer=layer)
         self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
-        self.center_sampling_radius = _check_float(
-            name, "center_sampling_radius", center_sampling_radius, 0.0, math.inf, low_open=True
+        self.center_sampling_radius = check_float(
+            center_sampling_radius, "center_sampling_radius", owner, low=0.0, low_open=True
         )
-        self.score_thresh = _check_float(name, "score_thresh", score_thresh, 0.0, 1.0)
-        self.nms_thresh = _check_float(name, "nms_thresh", nms_thresh, 0.0, 1.0)
-        self.detections_per_img = _check_int(name, "detections_per_img", detections_per_img, 1)
-        self.topk_candidates = _check_int(name, "topk_candidates", topk_candidates, 1)
+        self.score_thresh = check_float(score_thresh, "score_thresh", owner, low=0.0, high=1.0)
+        self.nms_thresh = check_float(nms_thresh, "nms_thresh", owner, low=0.0, high=1.0)
+        self.detections_per_img = check_int(detections_per_img, "detections_per_img", owner, minimum=1)
+        self.topk_candidates = check_int(topk_candidates, "topk_candidates", owner, minimum=1)
         self._anchor_generators = {}
         self._has_warned = False
 
@@ -469,20 +455,17 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
     ) -> None:
         nn.Module.__init__(self)  # torchvision's RetinaNet.__init__ would build a backbone and transform
         name = self._name
-        self.in_channels = _check_int(name, "in_channels", in_channels, 1)
-        self.num_classes = _check_int(name, "num_classes", num_classes, 1)
-        num_convs = _check_int(name, "num_convs", num_convs, 0)
-        self.anchor_scale = _check_float(name, "anchor_scale", anchor_scale, 0.0, math.inf, low_open=True)
-        self.scales_per_octave = _check_int(name, "scales_per_octave", scales_per_octave, 1)
-        if isinstance(aspect_ratios, (str, bytes)) or not isinstance(aspect_ratios, Sequence) or not aspect_ratios:
-            raise ValueError(
-                f"{name} head: aspect_ratios must be a non-empty list of positive numbers, got {aspect_ratios!r}"
-            )
-        self.aspect_ratios = tuple(
-            _check_float(name, "each of aspect_ratios", r, 0.0, math.inf, low_open=True) for r in aspect_ratios
-        )
-        fg = _check_float(name, "fg_iou_thresh", fg_iou_thresh, 0.0, 1.0, low_open=True)
-        bg = _check_float(name, "bg_iou_thresh", bg_iou_thresh, 0.0, 1.0)
+        owner = f"{name} head"
+        self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
+        self.num_classes = check_int(num_classes, "num_classes", owner, minimum=1)
+        num_convs = check_int(num_convs, "num_convs", owner, minimum=0)
+        self.anchor_scale = check_float(anchor_scale, "anchor_scale", owner, low=0.0, low_open=True)
+        self.scales_per_octave = check_int(scales_per_octave, "scales_per_octave", owner, minimum=1)
+        positive = partial(is_number, low=0.0, low_open=True)
+        ratios = check_list(aspect_ratios, "aspect_ratios", owner, of="positive numbers", item=positive)
+        self.aspect_ratios = tuple(float(r) for r in ratios)
+        fg = check_float(fg_iou_thresh, "fg_iou_thresh", owner, low=0.0, high=1.0, low_open=True)
+        bg = check_float(bg_iou_thresh, "bg_iou_thresh", owner, low=0.0, high=1.0)
         if bg > fg:
             raise ValueError(
                 f"{name} head: bg_iou_thresh ({bg}) must not exceed fg_iou_thresh ({fg}); anchors between "
@@ -498,10 +481,10 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
         self.fg_iou_thresh, self.bg_iou_thresh = fg, bg
         self.proposal_matcher = det_utils.Matcher(fg, bg, allow_low_quality_matches=True)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
-        self.score_thresh = _check_float(name, "score_thresh", score_thresh, 0.0, 1.0)
-        self.nms_thresh = _check_float(name, "nms_thresh", nms_thresh, 0.0, 1.0)
-        self.detections_per_img = _check_int(name, "detections_per_img", detections_per_img, 1)
-        self.topk_candidates = _check_int(name, "topk_candidates", topk_candidates, 1)
+        self.score_thresh = check_float(score_thresh, "score_thresh", owner, low=0.0, high=1.0)
+        self.nms_thresh = check_float(nms_thresh, "nms_thresh", owner, low=0.0, high=1.0)
+        self.detections_per_img = check_int(detections_per_img, "detections_per_img", owner, minimum=1)
+        self.topk_candidates = check_int(topk_candidates, "topk_candidates", owner, minimum=1)
         self._anchor_generators = {}
         self._has_warned = False
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lstmdet.errors import LstmdetError
+from lstmdet.options import check_bool, check_int, check_type
 
 KINDS = ("train", "detect", "eval")
 #: Images per detect shard: each shard pays for starting its loader processes (a few tenths of a
@@ -73,25 +74,9 @@ def _data_paths(section: Any, field: str) -> Iterator[tuple[str, dict, str]]:
                 yield from _data_paths(value, f"{field}.{key}")
 
 
-def _need(spec: dict[str, Any], key: str, kind: type | tuple[type, ...], job: str) -> Any:
-    value = spec.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise LstmdetError(f"{job} job spec: {key!r} is missing or of the wrong type (got {value!r})")
-    return value
-
-
-def _count(spec: dict[str, Any], key: str, default: int, job: str) -> int:
-    value = spec.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise LstmdetError(f"{job} job spec: {key} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _flag(spec: dict[str, Any], key: str, job: str) -> bool:
-    value = spec.get(key, False)
-    if not isinstance(value, bool):
-        raise LstmdetError(f"{job} job spec: {key!r} must be true or false, got {value!r}")
-    return value
+def _path(spec: dict[str, Any], key: str, job: str) -> str:
+    """The path string ``spec[key]``; missing or of another type is an error naming ``job`` and the key."""
+    return check_type(spec.get(key), key, job, types=str, what="a path (a string)")
 
 
 def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dict[str, Any]:
@@ -106,27 +91,28 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
     if not isinstance(spec, dict):
         raise LstmdetError(f"a {kind} job spec must be a JSON object, got {type(spec).__name__}")
     spec = json.loads(json.dumps(spec))  # a deep copy that is sure to be JSON
+    job = f"{kind} job spec"
     if kind == "train":
         from lstmdet.config import load_config
 
-        config = load_config(_need(spec, "config", dict, kind))
+        config = load_config(check_type(spec.get("config"), "config", job, types=dict, what="a mapping"))
         for field, owner, key in _data_paths(config.get("data"), "data"):
             owner[key] = check_path(owner[key], roots, f"train config {field}")
         return {
             "config": config,
-            "out": check_path(_need(spec, "out", str, kind), roots, "train --out"),
-            "resume": _flag(spec, "resume", kind),
+            "out": check_path(_path(spec, "out", job), roots, "train --out"),
+            "resume": check_bool(spec.get("resume", False), "resume", job),
         }
     if kind == "detect":
         from lstmdet.engine.detect import DetectOptions
 
         weights = spec.get("weights")
         return {
-            "src": check_path(_need(spec, "src", str, kind), roots, "detect SRC"),
-            "out": check_path(_need(spec, "out", str, kind), roots, "detect --out"),
+            "src": check_path(_path(spec, "src", job), roots, "detect SRC"),
+            "out": check_path(_path(spec, "out", job), roots, "detect --out"),
             "weights": None if weights is None else check_path(str(weights), roots, "detect --weights"),
             "options": DetectOptions.from_json(spec.get("options") or {}).to_json(),
-            "shard_size": _count(spec, "shard_size", DEFAULT_SHARD_SIZE, kind),
+            "shard_size": check_int(spec.get("shard_size", DEFAULT_SHARD_SIZE), "shard_size", job, minimum=1),
         }
     data = spec.get("data")
     if data is not None:
@@ -136,9 +122,9 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
             owner[key] = check_path(owner[key], roots, f"eval {field}")
     out = spec.get("out")
     return {
-        "weights": check_path(_need(spec, "weights", str, kind), roots, "eval --weights"),
+        "weights": check_path(_path(spec, "weights", job), roots, "eval --weights"),
         "data": data,
         "out": None if out is None else check_path(str(out), roots, "eval --out"),
-        "batch_size": _count(spec, "batch_size", 16, kind),
+        "batch_size": check_int(spec.get("batch_size", 16), "batch_size", job, minimum=1),
         "device": str(spec.get("device", "auto")),
     }

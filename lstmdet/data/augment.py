@@ -65,7 +65,9 @@ import torch
 from albumentations.core.type_definitions import Targets
 from torch import Tensor
 
+from lstmdet.boxes import clip_boxes
 from lstmdet.errors import ConfigError, LstmdetError
+from lstmdet.options import check_choice, check_int
 
 TASKS = ("classify", "detect")
 SPLITS = ("train", "eval")
@@ -205,7 +207,7 @@ class Augment:
         boxes, frame_of, index_in_frame = _stack_boxes(frames)
         height, width = image.shape[-3:-1]
         keep = _valid(boxes, width, height, self.min_size)  # albumentations rejects degenerate input boxes
-        boxes, frame_of, index_in_frame = _clip(boxes[keep], width, height), frame_of[keep], index_in_frame[keep]
+        boxes, frame_of, index_in_frame = clip_boxes(boxes[keep], width, height), frame_of[keep], index_in_frame[keep]
         if self._compose is not None:
             self._ensure_seeded()
             key = "images" if is_clip else "image"
@@ -215,7 +217,7 @@ class Augment:
             boxes = np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4)[:, :4]
             frame_of, index_in_frame = frame_of[kept], index_in_frame[kept]
             height, width = image.shape[-3:-1]
-            boxes = _clip(boxes, width, height)
+            boxes = clip_boxes(boxes, width, height)
             keep = _valid(boxes, width, height, self.min_size)
             boxes, frame_of, index_in_frame = boxes[keep], frame_of[keep], index_in_frame[keep]
         new_frames = [
@@ -257,8 +259,7 @@ def build_augment(task: str, split: str, spec: Mapping[str, Any] | None = None) 
     Raises:
         ConfigError: The spec is malformed; the field is named (``data.augment.transforms[2].name``).
     """
-    if task not in TASKS:
-        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {task!r}")
+    check_choice(task, "task", choices=TASKS)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     spec = {} if spec is None else spec
@@ -267,15 +268,13 @@ def build_augment(task: str, split: str, spec: Mapping[str, Any] | None = None) 
     for key in spec:
         if key not in SPEC_KEYS:
             raise ConfigError(f"{FIELD}.{key}", f"unknown key; allowed keys: {', '.join(SPEC_KEYS)}")
-    preset = spec.get("preset", DEFAULT_PRESET)
-    if preset not in PRESETS:
-        raise ConfigError(f"{FIELD}.preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
+    preset = check_choice(spec.get("preset", DEFAULT_PRESET), f"{FIELD}.preset", choices=PRESETS)
     knobs = {**PRESET_KNOBS[task][preset], **{k: spec[k] for k in _ZERO_KNOBS if k in spec}}
     knobs = {k: _check_knob(k, v) for k, v in knobs.items()}
     box = {k: _check_fraction_or_size(k, spec.get(k, v)) for k, v in BOX_KEYS.items()}
     seed = spec.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ConfigError(f"{FIELD}.seed", f"must be a non-negative integer, got {seed!r}")
+    if seed is not None:
+        check_int(seed, f"{FIELD}.seed", minimum=0)
     raw = spec.get("transforms") or []
     if not isinstance(raw, list):
         raise ConfigError(f"{FIELD}.transforms", f"must be a list of {{name: Transform, ...}} mappings, got {raw!r}")
@@ -442,16 +441,9 @@ def _stack_boxes(frames: list[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(boxes), np.concatenate(frame_of), np.concatenate(index)
 
 
-def _clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    out = boxes.copy()
-    out[:, 0::2] = out[:, 0::2].clip(0, width)
-    out[:, 1::2] = out[:, 1::2].clip(0, height)
-    return out
-
-
 def _valid(boxes: np.ndarray, width: int, height: int, min_size: float) -> np.ndarray:
     """Boxes that are finite and, once clipped to the image, at least ``min_size`` (> 0) on each side."""
-    clipped = _clip(np.nan_to_num(boxes, nan=-1.0), width, height)
+    clipped = clip_boxes(np.nan_to_num(boxes, nan=-1.0), width, height)
     w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     size = max(min_size, 1e-6)
     return np.isfinite(boxes).all(axis=1) & (w >= size) & (h >= size)

@@ -43,8 +43,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from lstmdet.boxes import clip_boxes
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, image_size
 from lstmdet.errors import LstmdetError
+from lstmdet.fileio import atomic_write_json
 
 #: Boxes may reach this many pixels outside the image before a clipping warning is given.
 CLIP_TOLERANCE = 0.5
@@ -81,7 +83,7 @@ def sanitize_boxes(
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     limits = np.array([width, height, width, height], dtype=np.float64)
     outside = (boxes < -CLIP_TOLERANCE) | (boxes > limits + CLIP_TOLERANCE)
-    clipped = np.clip(boxes, 0.0, limits)
+    clipped = clip_boxes(boxes, width, height)
     keep = ((clipped[:, 2] - clipped[:, 0]) >= MIN_BOX_SIZE) & ((clipped[:, 3] - clipped[:, 1]) >= MIN_BOX_SIZE)
     n_out, n_bad = int(outside.any(axis=1).sum()), int((~keep).sum())
     if n_out or n_bad:
@@ -434,8 +436,9 @@ def yolo_to_coco(
         for box, label in zip(boxes.astype(np.float64), labels, strict=True):
             annotations.append(_annotation(len(annotations) + 1, image_id, int(label), box))
     categories = [{"id": i, "name": name} for i, name in enumerate(classes)]
-    _write_json(Path(out_json), {"info": _info(f"converted from YOLO dataset {root}"), "images": images,
-                                 "annotations": annotations, "categories": categories})  # fmt: skip
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_json, {"info": _info(f"converted from YOLO dataset {root}"), "images": images,
+                                 "annotations": annotations, "categories": categories}, indent=None)  # fmt: skip
     return {
         "json": str(out_json),
         "images": len(images),
@@ -466,14 +469,6 @@ def _info(description: str) -> dict[str, Any]:
     from lstmdet import __version__
 
     return {"description": description, "version": f"lstmdet {__version__}"}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _save(array: np.ndarray, path: Path, fmt: str) -> None:
@@ -575,7 +570,8 @@ def write_coco_dataset(dataset: Any, out_dir: str | os.PathLike, *, image_format
     if videos:
         data["videos"] = videos
     json_path = out / "annotations.json"
-    _write_json(json_path, data)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(json_path, data, indent=None)
     return {
         "out": str(out),
         "json": str(json_path),

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from lstmdet.data.images import DEFAULT_MAX_PIXELS
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
+from lstmdet.engine.device import resolve_device
 from lstmdet.engine.malloc import keep_freed_memory
 from lstmdet.engine.writers import (
     DETECTIONS,
@@ -55,10 +56,11 @@ from lstmdet.engine.writers import (
     detection_record,
     finalize,
     read_done,
-    write_json,
 )
 from lstmdet.errors import Cancelled, LstmdetError
+from lstmdet.fileio import atomic_write_json
 from lstmdet.model import LstmdetModel
+from lstmdet.options import check_float, check_int
 
 #: ``detect`` option -> detection-head attribute it sets for the run.
 HEAD_OPTIONS = {"score_thresh": "score_thresh", "nms_thresh": "nms_thresh", "max_detections": "detections_per_img"}
@@ -73,25 +75,10 @@ def _sha256(path: Path) -> str:
 
 
 def _device(name: str | torch.device, model: LstmdetModel | None) -> torch.device:
-    from lstmdet.engine.train import resolve_device
-
-    if str(name) == "auto":
-        return model.device if model is not None else resolve_device("auto")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise LstmdetError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LstmdetError(f"device {name!r} was asked for but CUDA is not available; use --device cpu (or auto)")
-    return device
-
-
-def _check(value: Any, name: str, flag: str, low: float, high: float | None = None, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        span = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise LstmdetError(f"{name} ({flag}) must be {'an integer' if integer else 'a number'} {span}, got {value!r}")
+    """``auto`` with a model given: the model's device; otherwise :func:`resolve_device`."""
+    if str(name) == "auto" and model is not None:
+        return model.device
+    return resolve_device(name)
 
 
 @dataclass(frozen=True)
@@ -114,18 +101,15 @@ class DetectOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        _check(self.batch_size, "batch_size", "--batch-size", 1, integer=True)
+        check_int(self.batch_size, "batch_size (--batch-size)", "detect", minimum=1)
         if self.workers is not None:
-            _check(self.workers, "workers", "--workers", 0, integer=True)
-        _check(self.max_pixels, "max_pixels", "--max-pixels", 1, integer=True)
-        for value, name, flag in (
-            (self.score_thresh, "score_thresh", "--conf"),
-            (self.nms_thresh, "nms_thresh", "--iou"),
-        ):
+            check_int(self.workers, "workers (--workers)", "detect", minimum=0)
+        check_int(self.max_pixels, "max_pixels (--max-pixels)", "detect", minimum=1)
+        for value, name in ((self.score_thresh, "score_thresh (--conf)"), (self.nms_thresh, "nms_thresh (--iou)")):
             if value is not None:
-                _check(value, name, flag, 0.0, 1.0)
+                check_float(value, name, "detect", low=0.0, high=1.0)
         if self.max_detections is not None:
-            _check(self.max_detections, "max_detections", "--max-det", 1, integer=True)
+            check_int(self.max_detections, "max_detections (--max-det)", "detect", minimum=1)
         object.__setattr__(self, "device", str(self.device))
 
     @classmethod
@@ -369,7 +353,7 @@ def detect(
         seconds=seconds, images_per_s=processed / loop_seconds if loop_seconds > 0 else 0.0,
         resumed=sum(name in done for name in inputs.names),
     )  # fmt: skip
-    write_json(out / SUMMARY, summary)
+    atomic_write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -512,7 +496,7 @@ def _start(out: Path, options: dict[str, Any], resume: bool) -> tuple[set[str], 
                 f"cannot resume {out}: it was started with other options ({listed}); resume with the same "
                 "weights and options, or choose another --out"
             )
-    write_json(path, options)
+    atomic_write_json(path, options)
     return done, keep
 
 

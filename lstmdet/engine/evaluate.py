@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader, readable
+from lstmdet.engine.device import resolve_device
 from lstmdet.engine.metrics import classification_metrics, coco_detection_metrics
 from lstmdet.errors import LstmdetError
 
@@ -92,7 +93,6 @@ def evaluate_checkpoint(
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
     """
     from lstmdet.checkpoint import load_model
-    from lstmdet.engine.train import resolve_device
 
     model = load_model(weights, map_location=resolve_device(device))
     config = model.config

@@ -18,7 +18,6 @@ runs twice (a redelivered task) changes nothing:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -28,8 +27,9 @@ from typing import Any
 
 from lstmdet.engine.detect import DetectOptions, Detector, detect_files, head_options, summary_record
 from lstmdet.engine.detect_inputs import Inputs, list_inputs
-from lstmdet.engine.writers import DETECTIONS, OPTIONS, SUMMARY, atomic_open, finalize, write_json
+from lstmdet.engine.writers import DETECTIONS, OPTIONS, SUMMARY, finalize
 from lstmdet.errors import LstmdetError
+from lstmdet.fileio import atomic_open, atomic_path, atomic_write_json
 
 #: Folder inside OUT that holds the plan and the finished shards until the merge.
 SHARDS = ".lstmdet-shards"
@@ -153,7 +153,7 @@ def plan_shards(
         device=str(detector.device), started=time.time(),
     )  # fmt: skip
     shard_folder(out).mkdir(parents=True, exist_ok=True)
-    write_json(shard_folder(out) / PLAN, asdict(plan))
+    atomic_write_json(shard_folder(out) / PLAN, asdict(plan))
     return plan
 
 
@@ -185,20 +185,15 @@ def run_shard(
     if marker.is_file():
         return {**json.loads(marker.read_text(encoding="utf-8")), "skipped": True}
     opts = DetectOptions.from_json(plan.options)
-    tmp = jsonl.with_name(f".{jsonl.name}.{os.getpid()}.tmp")
-    try:
-        with head_options(detector, opts) as run_options:
-            if run_options != plan.run_options:
-                raise LstmdetError(
-                    f"shard {index} of {out} would run with other weights or options than the job's plan "
-                    f"({run_options} vs {plan.run_options}); was the checkpoint replaced during the job?"
-                )
-            written, seconds = detect_files(detector, plan.inputs(index), tmp, opts, out=out, should_stop=should_stop)
-        os.replace(tmp, jsonl)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(jsonl) as tmp, head_options(detector, opts) as run_options:
+        if run_options != plan.run_options:
+            raise LstmdetError(
+                f"shard {index} of {out} would run with other weights or options than the job's plan "
+                f"({run_options} vs {plan.run_options}); was the checkpoint replaced during the job?"
+            )
+        written, seconds = detect_files(detector, plan.inputs(index), tmp, opts, out=out, should_stop=should_stop)
     record = {"shard": index, "files": written, "seconds": round(seconds, 3)}
-    write_json(marker, record)
+    atomic_write_json(marker, record)
     return {**record, "skipped": False}
 
 
@@ -226,7 +221,7 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
         for index in range(len(plan.shards)):
             with _shard_files(out, index)[0].open("rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
-    write_json(out / OPTIONS, plan.run_options)
+    atomic_write_json(out / OPTIONS, plan.run_options)
     counts = finalize(out, plan.names)
     seconds = time.time() - plan.started
     opts = DetectOptions.from_json(plan.options)
@@ -234,6 +229,6 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
         plan.identity, plan.classes, plan.device, plan.inputs(), opts, plan.run_options, counts,
         seconds=seconds, images_per_s=len(plan.names) / seconds if seconds > 0 else 0.0, resumed=0,
     )  # fmt: skip
-    write_json(out / SUMMARY, summary)
+    atomic_write_json(out / SUMMARY, summary)
     shutil.rmtree(shard_folder(out), ignore_errors=True)
     return summary

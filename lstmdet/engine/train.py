@@ -28,21 +28,12 @@ from tqdm import tqdm
 from lstmdet.checkpoint import read_checkpoint, save_checkpoint
 from lstmdet.config import load_config, read_yaml, set_value
 from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader
+from lstmdet.engine.device import resolve_device
 from lstmdet.engine.evaluate import evaluate, headline
 from lstmdet.engine.logs import append_jsonl, plot_curves, read_jsonl, write_csv
 from lstmdet.engine.optim import build_optimizer, build_scheduler
 from lstmdet.errors import ConfigError, LstmdetError
 from lstmdet.model import LstmdetModel, build_model
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)`` (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LstmdetError(f"device {name!r} was asked for but CUDA is not available; use --set train.device=cpu")
-    return device
 
 
 def prepare_config(config: dict[str, Any] | str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -130,7 +121,7 @@ class Trainer:
         if resume and not last.exists():
             raise LstmdetError(f"cannot resume: {last} does not exist")
         self.out.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(self.tcfg["device"])
+        self.device = resolve_device(self.tcfg["device"], setting="train.device")
         _seed_everything(self.tcfg["seed"])
 
         seed, task = self.tcfg["seed"], cfg["task"]

@@ -9,7 +9,7 @@ input order, appended and flushed batch by batch. Everything else is derived fro
 * ``coco_results.json``: the COCO results list (``image_id``, ``category_id`` = label index,
   ``bbox`` ``[x, y, w, h]``, ``score``) that ``pycocotools.COCO.loadRes`` takes as it is.
 
-Final files are written to a temporary name and renamed into place (:func:`atomic_open`), so a
+Final files are written to a temporary name and renamed into place (:mod:`lstmdet.fileio`), so a
 reader never sees half a file. :func:`read_done` reads back the lines of an interrupted run for
 ``--resume``. :class:`AnnotatedImageWriter` draws boxes, class names and scores on copies of the
 images in background threads.
@@ -18,11 +18,9 @@ images in background threads.
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,8 +28,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lstmdet.boxes import clip_boxes
 from lstmdet.engine.metrics import coco_results_list
 from lstmdet.errors import LstmdetError
+from lstmdet.fileio import atomic_open, atomic_write_json
 
 DETECTIONS = "detections.jsonl"
 IMAGES = "images.json"
@@ -50,28 +50,8 @@ _PALETTE = (
 )  # fmt: skip
 
 
-@contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success rename it to ``path``, on error remove it.
-
-    Args:
-        path: Final file.
-        mode: ``"w"`` (text, UTF-8) or ``"wb"``.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    with atomic_open(path) as f:
-        f.write(json.dumps(data, indent=2) + "\n")
+#: Still importable from here for ``workers.tasks``; new code imports :func:`lstmdet.fileio.atomic_write_json`.
+write_json = atomic_write_json
 
 
 def detection_record(file: str, width: int, height: int, prediction: dict[str, Any], classes: Sequence[str]) -> dict:
@@ -252,8 +232,8 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]]) -> 
     for det in reversed(detections):  # best on top
         x, y, w, h = det["bbox"]
         # boxes touching the right or bottom edge end at W or H: keep their outline inside the image
-        x1, y1 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
-        x2, y2 = min(max(x + w, x1), width - 1), min(max(y + h, y1), height - 1)
+        x1, y1, x2, y2 = clip_boxes([[x, y, x + w, y + h]], width - 1, height - 1)[0].tolist()
+        x2, y2 = max(x2, x1), max(y2, y1)
         colour = _PALETTE[det["category_id"] % len(_PALETTE)]
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
         label = f"{det['category']} {det['score']:.2f}"

@@ -216,7 +216,7 @@ def test_flops_by_hand() -> None:
     ],
 )
 def test_bad_options_raise_value_error_naming_the_option(options: dict[str, object], option: str) -> None:
-    with pytest.raises(ValueError, match=rf"convlstm option {option}="):
+    with pytest.raises(ValueError, match=rf"^convlstm encoder: {option} "):
         ConvLSTMEncoder(3, **options)
 
 

@@ -1,0 +1,81 @@
+"""Atomic writes: complete files or none, no temporary files left behind, unique temporary names."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from lstmdet.fileio import atomic_open, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def test_writes_text_bytes_and_json(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "héllo\n")
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    atomic_write_json(tmp_path / "c.json", {"a": [1, 2]})
+    atomic_write_json(tmp_path / "d.json", {"a": [1, 2]}, indent=None)
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "héllo\n"
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "c.json").read_text() == json.dumps({"a": [1, 2]}, indent=2) + "\n"
+    assert (tmp_path / "d.json").read_text() == '{"a": [1, 2]}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "c.json", "d.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"old": True})
+    with pytest.raises(RuntimeError, match="boom"), atomic_open(target) as f:
+        f.write('{"new": ')
+        raise RuntimeError("boom")
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"not json": object()})
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_the_target_appears_only_when_the_block_ends(tmp_path):
+    target = tmp_path / "model.pt"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".model.pt.") and tmp.name.endswith(".tmp")
+        assert not tmp.exists()
+        tmp.write_bytes(b"weights")
+        assert not target.exists()
+    assert target.read_bytes() == b"weights" and not tmp.exists()
+
+
+def test_a_block_that_writes_nothing_fails_without_touching_the_target(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("kept")
+    with pytest.raises(FileNotFoundError), atomic_path(target):
+        pass
+    assert target.read_text() == "kept"
+
+
+def test_temporary_names_are_unique_per_call_thread_and_process(tmp_path):
+    names = []
+
+    def grab() -> None:
+        with atomic_path(tmp_path / "same.txt") as tmp:
+            names.append(tmp.name)
+            tmp.write_text("x")
+
+    threads = [threading.Thread(target=grab) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    grab()
+    assert len(set(names)) == 9
+    assert all(f".{os.getpid()}." in name for name in names)
+    assert [p.name for p in tmp_path.iterdir()] == ["same.txt"]
+
+
+def test_file_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
