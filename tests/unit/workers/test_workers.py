@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import classify_config
-from test_detect import save_tiny
+from helpers import classify_config, save_tiny
 
 from lstmdet.errors import LstmdetError
 from lstmdet.workers.cache import ModelCache
