@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,13 +55,17 @@ _PALETTE = (
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success rename it to ``path``, on error remove it.
 
+    The temporary name is unique to the call (process id and a random part), so two writers of
+    the same file (two deliveries of one queued task) never write into each other's file: each
+    renames a whole file into place, and the last rename wins.
+
     Args:
         path: Final file.
         mode: ``"w"`` (text, UTF-8) or ``"wb"``.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with tmp.open(mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:
