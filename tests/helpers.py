@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -188,3 +190,29 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def queued(broker_url: str, queue: str = "cpu") -> list[dict[str, Any]]:
+    """The Celery messages waiting in ``queue`` of a Redis broker, oldest first.
+
+    Returns:
+        ``{"task", "id", "args", "eta", "raw"}`` per message; ``raw`` is the list entry as stored.
+    """
+    import redis
+
+    client = redis.Redis.from_url(broker_url, decode_responses=True)
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    messages = []
+    for text in reversed(raw):  # kombu pushes on the left
+        message = json.loads(text)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, _kwargs, _embed = json.loads(body)
+        headers = message["headers"]
+        messages.append({"task": headers["task"], "id": headers["id"], "args": args, "eta": headers.get("eta"),
+                         "raw": text})  # fmt: skip
+    return messages

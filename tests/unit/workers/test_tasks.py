@@ -1,14 +1,12 @@
 """Job tasks run in this process against a real Redis: arrival checks, errors, and the detect job's merge.
 
 Each task is run with Celery's ``apply`` (in this process, with a real task id); what a task queues
-goes to the real broker, where :func:`queued` reads it back, and :func:`deliver` runs a queued
+goes to the real broker, where :func:`helpers.queued` reads it back, and :func:`deliver` runs a queued
 message the way a worker would (twice: a redelivery of the same message).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import shutil
 import threading
 import uuid
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_outputs, save_tiny, wait_for
+from helpers import assert_same_outputs, queued, save_tiny, wait_for
 from PIL import Image
 
 import lstmdet
@@ -53,33 +51,11 @@ def store(redis_settings: Settings) -> JobStore:
     return job_store(redis_settings)
 
 
-def queued(settings: Settings, queue: str = "cpu") -> list[dict[str, Any]]:
-    """The messages waiting in ``queue`` of the broker, oldest first: ``{"task", "id", "args", "eta", "raw"}``."""
-    import redis
-
-    client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
-    try:
-        raw = client.lrange(queue, 0, -1)
-    finally:
-        client.close()
-    messages = []
-    for text in reversed(raw):  # kombu pushes on the left
-        message = json.loads(text)
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, _kwargs, _embed = json.loads(body)
-        headers = message["headers"]
-        messages.append({"task": headers["task"], "id": headers["id"], "args": args, "eta": headers.get("eta"),
-                         "raw": text})  # fmt: skip
-    return messages
-
-
 def take(settings: Settings, task: str) -> list[dict[str, Any]]:
     """Remove the queued messages of ``task`` from the broker (as a worker would) and return them."""
     import redis
 
-    messages = [m for m in queued(settings) if m["task"] == task]
+    messages = [m for m in queued(settings.broker_url) if m["task"] == task]
     client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
     try:
         for message in messages:
@@ -151,7 +127,7 @@ def test_a_redelivered_last_shard_queues_no_second_merge(app, store, redis_setti
     out = Path(spec["out"])
     assert sorted(p.name for p in out.iterdir()) == FINAL  # the shard folder is gone, no temporary file left
     assert_same_outputs(out, in_process(Path(spec["src"]), tmp_path / "reference", Path(spec["weights"])))
-    assert queued(redis_settings) == []
+    assert queued(redis_settings.broker_url) == []
 
 
 def test_a_late_duplicate_changes_nothing_once_the_job_succeeded(app, store, redis_settings, weights, tmp_path):
@@ -169,7 +145,7 @@ def test_a_late_duplicate_changes_nothing_once_the_job_succeeded(app, store, red
     deliver(app, {"task": "lstmdet.detect", "id": job_id, "args": [job_id, spec]})  # a late first task
     assert store.get(job_id) == record  # state, finish time, result and progress as they were
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
-    assert queued(redis_settings) == []
+    assert queued(redis_settings.broker_url) == []
 
 
 def test_a_merge_delivered_while_another_runs_leaves_the_files_to_it(
@@ -209,4 +185,4 @@ def test_a_merge_delivered_while_another_runs_leaves_the_files_to_it(
     deliver(app, recheck)
     assert store.get(job_id) == record and calls == ["first-merge"]
     assert sorted(p.name for p in Path(spec["out"]).iterdir()) == FINAL
-    assert queued(redis_settings) == []
+    assert queued(redis_settings.broker_url) == []
