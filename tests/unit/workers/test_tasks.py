@@ -7,8 +7,11 @@ message the way a worker would (twice: a redelivery of the same message).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ from helpers import assert_same_outputs, queued, save_tiny, wait_for
 from PIL import Image
 
 import lstmdet
+from lstmdet.errors import Cancelled, LstmdetError
 from lstmdet.workers.settings import Settings
 from lstmdet.workers.specs import validate_spec
 from lstmdet.workers.store import JobStore
-from lstmdet.workers.tasks import job_store
+from lstmdet.workers.tasks import JOB_MARKER, _throttled, _train_out_ready, job_store, job_task
 
 DETECT = {"device": "cpu", "workers": 0, "batch_size": 2}
 FINAL = ["coco_results.json", "detections.jsonl", "images.json", "options.json", "summary.json"]
@@ -186,3 +190,217 @@ def test_a_merge_delivered_while_another_runs_leaves_the_files_to_it(
     assert store.get(job_id) == record and calls == ["first-merge"]
     assert sorted(p.name for p in Path(spec["out"]).iterdir()) == FINAL
     assert queued(redis_settings.broker_url) == []
+
+
+# --- arrival checks -------------------------------------------------------------------------------------------------
+
+
+def planner(job_id: str, spec: dict) -> dict[str, Any]:
+    """The first task of a detect job, as the client queues it."""
+    return {"task": "lstmdet.detect", "id": job_id, "args": [job_id, spec]}
+
+
+def test_a_task_of_an_unknown_job_is_dropped(app, store, redis_settings, tmp_path):
+    spec = {"src": str(tmp_path), "out": str(tmp_path / "out"), "weights": None, "options": DETECT}
+    deliver(app, planner("never-recorded", spec))
+    assert store.get("never-recorded") is None
+    assert not (tmp_path / "out").exists() and queued(redis_settings.broker_url) == []
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed", "cancelled"])
+def test_a_task_of_an_ended_job_does_nothing(app, store, redis_settings, weights, tmp_path, state):
+    job_id, spec = submit_detect(store, redis_settings, weights, tmp_path)
+    store.finish(job_id, state, error="ended elsewhere")
+    ended = store.get(job_id)
+    deliver(app, planner(job_id, spec))
+    assert store.get(job_id) == ended
+    assert not Path(spec["out"]).exists() and queued(redis_settings.broker_url) == []
+
+
+def test_a_task_delivered_past_the_cap_fails_its_job_without_running(app, store, redis_settings, weights, tmp_path):
+    job_id, spec = submit_detect(store, redis_settings, weights, tmp_path)
+    for _ in range(redis_settings.max_deliveries):  # three deliveries whose worker died each time
+        store.count_delivery(f"{job_id}:0")
+    deliver(app, planner(job_id, spec))
+    record = store.get(job_id)
+    assert record["state"] == "failed"
+    assert "lstmdet.detect was delivered 4 times" in record["error"] and "LSTMDET_MAX_DELIVERIES=3" in record["error"]
+    assert not Path(spec["out"]).exists()
+
+
+def test_a_job_cancelled_while_queued_for_a_task_ends_on_arrival(app, store, redis_settings, weights, tmp_path):
+    job_id, spec = submit_detect(store, redis_settings, weights, tmp_path)
+    deliver(app, planner(job_id, spec))
+    shards = take(redis_settings, "lstmdet.detect_shard")
+    store.request_cancel(job_id)  # running: only the flag is raised
+    assert store.get(job_id)["state"] == "running"
+    deliver(app, shards[0])
+    record = store.get(job_id)
+    assert (record["state"], record["error"]) == ("cancelled", "cancelled")
+    assert not list((Path(spec["out"]) / ".lstmdet-shards").glob("shard-*"))  # the shard did not run
+
+
+def test_the_worker_checks_the_paths_again(app, store, redis_settings, tmp_path):
+    """A spec that reached Redis without the client's check is refused before anything runs."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    spec = {"src": str(outside), "out": str(tmp_path / "out"), "weights": None, "options": DETECT}
+    store.create("sneaky", "detect", "cpu", spec)
+    deliver(app, planner("sneaky", spec))
+    record = store.get("sneaky")
+    assert record["state"] == "failed" and record["error"].startswith("refused by the worker: detect SRC")
+    assert "outside the allowed data roots" in record["error"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_without_its_jobs_plan_fails_the_job(app, store, redis_settings, weights, tmp_path):
+    job_id, spec = submit_detect(store, redis_settings, weights, tmp_path)
+    deliver(app, {"task": "lstmdet.detect_shard", "id": "s0", "args": [job_id, spec, 0]})
+    record = store.get(job_id)
+    assert record["state"] == "failed" and f"holds no shard plan of job {job_id}" in record["error"]
+
+
+def test_a_cancelled_jobs_plan_makes_way_for_a_new_job_but_a_running_ones_does_not(
+    app, store, redis_settings, weights, tmp_path
+):
+    first, spec = submit_detect(store, redis_settings, weights, tmp_path)
+    deliver(app, planner(first, spec))
+    take(redis_settings, "lstmdet.detect_shard")
+    second = str(uuid.uuid4())
+    store.create(second, "detect", "cpu", spec)  # the same --out
+    deliver(app, planner(second, spec))
+    record = store.get(second)
+    assert record["state"] == "failed" and f"is the output of another job ({first})" in record["error"]
+
+    store.finish(first, "cancelled", error="cancelled")
+    third = str(uuid.uuid4())
+    store.create(third, "detect", "cpu", spec)
+    deliver(app, planner(third, spec))
+    assert store.get(third)["state"] == "running"
+    assert {m["args"][0] for m in take(redis_settings, "lstmdet.detect_shard")} == {third}
+    assert json.loads((Path(spec["out"]) / ".lstmdet-shards" / "plan.json").read_text())["job"] == third
+
+
+def test_an_eval_of_a_missing_checkpoint_fails_with_the_engines_message(app, store, redis_settings, tmp_path):
+    spec = validate_spec("eval", {"weights": str(tmp_path / "missing.pt"), "device": "cpu"}, redis_settings.data_roots)
+    store.create("e1", "eval", "cpu", spec)
+    deliver(app, {"task": "lstmdet.eval", "id": "e1", "args": ["e1", spec]})
+    record = store.get("e1")
+    assert record["state"] == "failed" and "missing.pt does not exist" in record["error"]
+
+
+# --- what a task body raises ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def body(app, store, redis_settings, tmp_path):
+    """Register ``fn(task, job)`` as a task body of an eval job and run it once; returns the job's record."""
+
+    def run(fn, name: str = "test.body", throw: bool = True) -> dict[str, Any]:
+        app.task(name=name, bind=True, shared=False)(job_task("eval")(fn))
+        spec = {"weights": f"{tmp_path}/models/../w.pt", "device": "cpu"}
+        store.create("b1", "eval", "cpu", spec)
+        app.tasks[name].apply(args=["b1", spec], task_id="b1", throw=throw)
+        return store.get("b1")
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "exc, state, error",
+    [
+        (LstmdetError("--conf 1.5 is not in [0, 1]; pass a score between 0 and 1"), "failed",
+         "--conf 1.5 is not in [0, 1]; pass a score between 0 and 1"),
+        (Cancelled("cancelled"), "cancelled", "cancelled"),
+        (ValueError("boom"), "failed", "ValueError: boom (traceback in the worker log)"),
+    ],
+)  # fmt: skip
+def test_what_a_body_raises_ends_the_job(body, exc, state, error):
+    def fail(task, job):
+        raise exc
+
+    record = body(fail)
+    assert (record["state"], record["error"]) == (state, error)
+
+
+def test_the_soft_time_limit_fails_the_job_naming_the_settings(body):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def slow(task, job):
+        raise SoftTimeLimitExceeded()
+
+    record = body(slow)
+    assert record["state"] == "failed"
+    assert "test.body ran past its soft time limit (20 s)" in record["error"]
+    assert all(name in record["error"] for name in ("LSTMDET_SOFT_TIME_LIMIT", "LSTMDET_TIME_LIMIT"))
+
+
+def test_a_body_runs_on_the_checked_spec_of_a_running_job(body, store, tmp_path):
+    seen = {}
+
+    def look(task, job):
+        seen.update(spec=job.spec, state=store.get(job.job_id)["state"], queue=job.queue)
+        store.finish(job.job_id, "succeeded", result={"ok": 1})
+
+    record = body(look)
+    assert seen["spec"]["weights"] == str(tmp_path.resolve() / "w.pt")  # resolved by the worker's check
+    assert (seen["state"], seen["queue"]) == ("running", "cpu")
+    assert (record["state"], record["result"]) == ("succeeded", {"ok": 1})
+
+
+def test_a_retry_passes_through_and_the_next_delivery_is_counted_afresh(body, store):
+    calls = []
+
+    def again(task, job):
+        calls.append(task.request.retries)
+        if len(calls) == 1:
+            raise task.retry(countdown=0, max_retries=None)
+        store.finish(job.job_id, "succeeded", result={"retries": task.request.retries})
+
+    record = body(again, throw=False)  # apply() runs the retry at once, as a worker would run the new message
+    assert calls == [0, 1]
+    assert (record["state"], record["result"]) == ("succeeded", {"retries": 1})
+    assert store.redis.get("lstmdet:deliveries:b1:0") == store.redis.get("lstmdet:deliveries:b1:1") == "1"
+
+
+# --- helpers of the tasks -------------------------------------------------------------------------------------------
+
+
+def test_a_train_folder_is_claimed_by_its_job(tmp_path):
+    out = tmp_path / "run"
+    assert _train_out_ready(out, "job-a", resume=False) is False
+    assert (out / JOB_MARKER).read_text() == "job-a\n"
+    (out / "last.pt").write_bytes(b"checkpoint")
+    assert _train_out_ready(out, "job-a", resume=False) is True  # the job redelivered: resume its run
+    with pytest.raises(LstmdetError, match="holds the run of job job-a; choose another --out, or submit with --resume"):
+        _train_out_ready(out, "job-b", resume=False)
+    assert (out / JOB_MARKER).read_text() == "job-a\n"
+    assert _train_out_ready(out, "job-b", resume=True) is True
+    assert (out / JOB_MARKER).read_text() == "job-b\n"
+
+
+def test_throttled_asks_at_most_every_interval_and_stays_true(monkeypatch):
+    import lstmdet.workers.tasks as tasks
+
+    now = {"t": 100.0}
+    monkeypatch.setattr(tasks.time, "monotonic", lambda: now["t"])
+    answers = iter([False, True, False])
+    asked = []
+
+    def check() -> bool:
+        asked.append(now["t"])
+        return next(answers)
+
+    ask = _throttled(check, every=0.5)
+    assert [ask(), ask()] == [False, False] and asked == [100.0]
+    now["t"] = 100.4
+    assert ask() is False and asked == [100.0]
+    now["t"] = 100.6
+    assert ask() is True and asked == [100.0, 100.6]
+    now["t"] = 102.0
+    assert ask() is True and asked == [100.0, 100.6]  # sticky: never asked again
+
+
+def test_ping_reports_where_and_when_it_ran(app):
+    result = app.tasks["lstmdet.ping"].apply(args=[12.5], throw=True).get()
+    assert result["sent"] == 12.5 and result["pid"] == os.getpid()
+    assert abs(result["started"] - time.time()) < 60
