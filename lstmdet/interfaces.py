@@ -10,10 +10,11 @@ channels, ``H, W`` image or feature-map height and width.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from torch import Tensor
-from torchvision.models.detection.image_list import ImageList
+if TYPE_CHECKING:  # annotations only: `import lstmdet` (e.g. by the job client) does not load torch
+    from torch import Tensor
+    from torchvision.models.detection.image_list import ImageList
 
 
 class FeatureInfo(NamedTuple):

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
+
+import lstmdet
+from lstmdet.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LSTMDET_BIN = Path(sys.executable).with_name("lstmdet")
@@ -78,3 +88,131 @@ def assert_same_outputs(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> None:
             assert {k: v for k, v in sa.items() if k not in drop} == {k: v for k, v in sb.items() if k not in drop}
         else:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def tiny_config(encoder: dict | None = None) -> dict:
+    """A very small detector (32-48 px inputs) that keeps every detection (score_thresh 0)."""
+    return {
+        "task": "detect",
+        "model": {
+            "classes": ["cat", "dog", "kite"],
+            "input": {"size": 32, "max_size": 48},
+            "backbone": {"name": "small_cnn", "widths": [8, 8, 8], "levels": ["c2", "c3"]},
+            "neck": {"channels": 8},
+            "encoder": encoder or {"name": "identity"},
+            "head": {"name": "fcos", "num_classes": 3, "num_convs": 1, "norm": "none", "score_thresh": 0.0,
+                     "detections_per_img": 10},
+        },
+    }  # fmt: skip
+
+
+def save_tiny(path: Path, encoder: dict | None = None) -> Path:
+    """Build the tiny model with large random weights (distinct scores, real boxes) and save it."""
+    torch.manual_seed(3)
+    model = lstmdet.create_model(tiny_config(encoder))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return save_checkpoint(path, model)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str, every: float = 0.1) -> object:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class RedisServer:
+    """A private ``redis-server`` (AOF with fsync on every write, so a restart loses nothing).
+
+    The real binary (``.ci/run`` installs it when missing) on a free loopback port.
+
+    Args:
+        folder: Its working folder (AOF files).
+        password: ``requirepass``, or ``None``.
+        tls: A folder from :func:`make_certificates`: serve TLS only (``rediss://``).
+    """
+
+    def __init__(self, folder: Path, password: str | None = None, tls: Path | None = None) -> None:
+        self.folder, self.password, self.tls, self.port = folder, password, tls, free_port()
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def url(self, db: int = 0, password: str | None = None) -> str:
+        secret = password if password is not None else self.password
+        auth = f":{secret}@" if secret else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        return f"rediss://{auth}127.0.0.1:{self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={self.tls / 'ca.crt'}"
+
+    def start(self) -> RedisServer:
+        argv = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "always", "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
+        if self.tls is not None:
+            argv[argv.index("--port") + 1] = "0"
+            argv += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.crt"),
+                     "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+                     "--tls-auth-clients", "no"]  # fmt: skip
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, 20, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        if self.tls is not None:
+            auth += ["--tls", "--cacert", str(self.tls / "ca.crt")]
+        done = subprocess.run(["redis-cli", "-p", str(self.port), *auth, "ping"], capture_output=True, text=True)
+        return done.stdout.strip() == "PONG"
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: only what the AOF holds survives)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def queued(broker_url: str, queue: str = "cpu") -> list[dict[str, Any]]:
+    """The Celery messages waiting in ``queue`` of a Redis broker, oldest first.
+
+    Returns:
+        ``{"task", "id", "args", "eta", "raw"}`` per message; ``raw`` is the list entry as stored.
+    """
+    import redis
+
+    client = redis.Redis.from_url(broker_url, decode_responses=True)
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    messages = []
+    for text in reversed(raw):  # kombu pushes on the left
+        message = json.loads(text)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, _kwargs, _embed = json.loads(body)
+        headers = message["headers"]
+        messages.append({"task": headers["task"], "id": headers["id"], "args": args, "eta": headers.get("eta"),
+                         "raw": text})  # fmt: skip
+    return messages

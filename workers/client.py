@@ -15,6 +15,7 @@ a bad job never reaches the queue; a worker checks again before it runs.
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from collections.abc import Sequence
@@ -28,6 +29,20 @@ from lstmdet.workers.store import FINAL, JobStore, explain
 
 #: Task that starts each kind of job.
 FIRST_TASK = {"train": "lstmdet.train", "detect": "lstmdet.detect", "eval": "lstmdet.eval"}
+
+
+def _read_config(config: dict[str, Any] | str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """The raw config (a YAML file read, or a dict copied) with ``overrides`` applied; validated by the spec check.
+
+    Only :mod:`lstmdet.config` (PyYAML) is used: submitting a train job loads neither torch nor the
+    training engine.
+    """
+    from lstmdet.config import read_yaml, set_value
+
+    raw = read_yaml(Path(config)) if isinstance(config, (str, Path)) else copy.deepcopy(dict(config))
+    for assignment in overrides:
+        set_value(raw, assignment)
+    return raw
 
 
 class JobClient:
@@ -102,11 +117,20 @@ class JobClient:
         resume: bool = False,
         queue: str | None = None,
     ) -> str:
-        """Queue ``lstmdet train CONFIG --out OUT``; the config is read here and travels in the job."""
-        from lstmdet.engine.train import prepare_config
+        """Queue ``lstmdet train CONFIG --out OUT``; the config is read here and travels in the job.
 
-        return self.submit("train", {"config": prepare_config(config, overrides), "out": str(out),
-                                     "resume": resume}, queue=queue)  # fmt: skip
+        Args:
+            config: A config dict, or the path of a YAML config file.
+            out: The run folder.
+            overrides: ``key.path=value`` assignments (``--set``), applied in order.
+            resume: Continue the run in ``out``.
+            queue: As for :meth:`submit`.
+
+        Raises:
+            LstmdetError: The file cannot be read, an override is malformed, or the config is invalid.
+        """
+        return self.submit("train", {"config": _read_config(config, overrides), "out": str(out), "resume": resume},
+                           queue=queue)  # fmt: skip
 
     def submit_detect(
         self,

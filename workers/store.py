@@ -7,6 +7,11 @@ Only small JSON lives here; artifacts go to files under the data roots. Keys:
 * ``lstmdet:jobs``: a sorted set of job ids by creation time (``jobs list``);
 * ``lstmdet:job:<id>:shards``: the finished shards of a detect job (a set, so a shard that
   finishes twice counts once);
+* ``lstmdet:job:<id>:merge``: who queues the merge of a detect job (:meth:`JobStore.claim_merge`),
+  then ``queued`` once it is queued, so a job's merge is queued once however often its last shard
+  is delivered;
+* ``lstmdet:job:<id>:merging``: held while a merge writes the job's final files
+  (:meth:`JobStore.merge_lock`), so two deliveries of the merge never write one folder at once;
 * ``lstmdet:deliveries:<task id>``: how often a task was delivered (the poison-job cap).
 
 States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``. A final state is
@@ -15,14 +20,22 @@ never overwritten (a late message of a cancelled job cannot revive it).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from lstmdet.errors import LstmdetError
 from lstmdet.workers.settings import mask_url
 
+log = logging.getLogger("lstmdet.workers")
+
 FINAL = ("succeeded", "failed", "cancelled")
+#: Seconds a merge lock outlives a merge whose process died (it is renewed while the merge runs).
+MERGE_LOCK_TTL = 30.0
 _PREFIX = "lstmdet:job:"
 _INDEX = "lstmdet:jobs"
 #: Hash fields stored as JSON.
@@ -36,6 +49,20 @@ if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+
+# Claim the queuing of a job's merge for ARGV[1]: 1 when nobody holds it yet or ARGV[1] already does
+# (its earlier delivery died before queuing the merge), 0 once another holds it or it is queued.
+_CLAIM_MERGE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then return 1 end
+return 0
+"""
+#: Value of the merge key once the merge is queued (no claimant can equal it: claimants are task ids).
+_MERGE_QUEUED = "queued"
 
 
 class BrokerUnavailable(LstmdetError):
@@ -94,12 +121,13 @@ class JobStore:
         self.url, self.expires = url, expires
         self.redis = redis_client(url, retries=retries)
         self._set_state = self.redis.register_script(_SET_STATE)
+        self._claim_merge = self.redis.register_script(_CLAIM_MERGE)
 
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import redis
 
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.ResponseError) as exc:
             if isinstance(exc, redis.ResponseError) and "AUTH" not in str(exc).upper():
                 raise
@@ -186,7 +214,7 @@ class JobStore:
         if error is not None:
             fields["error"] = error
         applied = self.update(job_id, **fields)
-        for key in (_PREFIX + job_id, f"{_PREFIX}{job_id}:shards"):
+        for key in (_PREFIX + job_id, f"{_PREFIX}{job_id}:shards", f"{_PREFIX}{job_id}:merge"):
             self._call(self.redis.expire, key, self.expires)
         return applied
 
@@ -230,3 +258,49 @@ class JobStore:
                 return pipe.execute()[1]
 
         return int(self._call(add))
+
+    def claim_merge(self, job_id: str, claimant: str) -> bool:
+        """Whether ``claimant`` (a task id) is the one to queue the job's merge; atomic.
+
+        True for the first claimant, and again for the same claimant (a redelivery of a task that
+        died between claiming and queuing) until :meth:`merge_queued` is called; False for any
+        other claimant and once the merge is queued.
+        """
+        key = f"{_PREFIX}{job_id}:merge"
+        return self._call(self._claim_merge, [key], [claimant, self.expires]) == 1
+
+    def merge_queued(self, job_id: str) -> None:
+        """Record that the job's merge is queued: no later claim succeeds."""
+        self._call(self.redis.set, f"{_PREFIX}{job_id}:merge", _MERGE_QUEUED, ex=self.expires)
+
+    @contextlib.contextmanager
+    def merge_lock(self, job_id: str, ttl: float = MERGE_LOCK_TTL) -> Iterator[bool]:
+        """Hold the job's merge lock for the ``with`` block; yields False (and holds nothing) when another holds it.
+
+        The lock expires ``ttl`` seconds after its holder stops renewing it (a background thread
+        renews it every ``ttl / 3`` seconds), so the merge of a process that died is taken over soon.
+        """
+        import redis
+
+        lock = self.redis.lock(f"{_PREFIX}{job_id}:merging", timeout=ttl, blocking=False, thread_local=False)
+        if not self._call(lock.acquire):
+            yield False
+            return
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(ttl / 3):
+                try:
+                    lock.reacquire()
+                except (redis.RedisError, OSError) as exc:  # lost to expiry, or Redis away for a while
+                    log.warning("job %s: merge lock not renewed: %s", job_id, exc)
+
+        keeper = threading.Thread(target=renew, name=f"lstmdet-merge-lock-{job_id}", daemon=True)
+        keeper.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            keeper.join()
+            with contextlib.suppress(redis.RedisError, OSError):  # expired meanwhile: nothing to release
+                lock.release()

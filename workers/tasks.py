@@ -10,7 +10,8 @@ nor cancelled, and checks every path of the spec against this worker's data root
   the soft time limit the trainer checkpoints mid-epoch and the task re-queues itself to go on.
 * ``lstmdet.detect``: plans the shards of the folder (:mod:`lstmdet.engine.shards`) and queues one
   ``lstmdet.detect_shard`` task per shard not yet done; the task that finishes the last shard
-  queues ``lstmdet.detect_merge``, which writes the final files.
+  queues ``lstmdet.detect_merge`` (once per job, however often that shard is delivered), which
+  writes the final files (one merge at a time; a late duplicate changes nothing).
 * ``lstmdet.eval``: scores a checkpoint; metrics go to the job record (and to ``out`` if given).
 * ``lstmdet.ping``: does nothing; measures queue latency.
 
@@ -46,6 +47,8 @@ log = logging.getLogger("lstmdet.workers")
 MODELS = ModelCache()
 #: Marker a train job leaves in its output folder: which job owns the run there.
 JOB_MARKER = ".lstmdet-job"
+#: Seconds before a merge that found another merge of its job running looks again.
+MERGE_RECHECK_S = 10
 _stores: dict[str, JobStore] = {}
 
 
@@ -220,14 +223,14 @@ def train_task(task: Task, job: _Delivery) -> None:
 def eval_task(task: Task, job: _Delivery) -> None:
     """Score ``spec["weights"]``; metrics to the job record and to ``spec["out"]`` when given."""
     from lstmdet.engine.evaluate import evaluate_checkpoint
-    from lstmdet.engine.writers import write_json
+    from lstmdet.fileio import atomic_write_json
 
     spec = job.spec
     metrics = evaluate_checkpoint(spec["weights"], data=spec["data"], batch_size=spec["batch_size"],
                                   device=spec["device"])  # fmt: skip
     if spec["out"]:
         Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(spec["out"]), metrics)
+        atomic_write_json(Path(spec["out"]), metrics)
     headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     job.store.finish(job.job_id, "succeeded", result={"metrics": headline, "out": spec["out"]})
 
@@ -244,10 +247,17 @@ def _clear_stale_plan(store: JobStore, out: Path) -> None:
 
 
 def _shards_progress(job: _Delivery, plan: Any, done: int) -> None:
-    """Record ``done`` of the plan's shards; when all are done, queue the merge."""
-    job.store.update(job.job_id, progress={"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)})
-    if done >= len(plan.shards):
-        job.task.app.send_task("lstmdet.detect_merge", args=[job.job_id, job.spec], queue=job.queue)
+    """Record ``done`` of the plan's shards; when all are done, queue the merge (once per job).
+
+    Every task that sees all shards done (the last shard, a redelivery of it, a duplicate of
+    another shard, a redelivered first task) gets here; only the one that wins the job's merge
+    claim queues the merge (:meth:`~lstmdet.workers.store.JobStore.claim_merge`).
+    """
+    job_id = job.job_id
+    job.store.update(job_id, progress={"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)})
+    if done >= len(plan.shards) and job.store.claim_merge(job_id, job.task.request.id):
+        job.task.app.send_task("lstmdet.detect_merge", args=[job_id, job.spec], queue=job.queue)
+        job.store.merge_queued(job_id)
 
 
 @job_task("detect")
@@ -262,11 +272,12 @@ def detect_task(task: Task, job: _Delivery) -> None:
     plan = plan_shards(spec["src"], out, MODELS.get(spec["weights"], opts.device), opts,
                        shard_size=spec["shard_size"], job=job.job_id)  # fmt: skip
     done = shards_done(out, plan)
+    count = 0
     for index in done:
-        job.store.shard_done(job.job_id, index)
+        count = job.store.shard_done(job.job_id, index)
     for index in sorted(set(range(len(plan.shards))) - set(done)):
         task.app.send_task("lstmdet.detect_shard", args=[job.job_id, spec, index], queue=job.queue)
-    _shards_progress(job, plan, len(done))
+    _shards_progress(job, plan, count)
 
 
 @job_task("detect")
@@ -287,11 +298,26 @@ def detect_shard_task(task: Task, job: _Delivery, index: int) -> None:
 
 @job_task("detect")
 def detect_merge_task(task: Task, job: _Delivery) -> None:
-    """Write the final files of a detect job from its shards and end the job."""
-    from lstmdet.engine.shards import merge_shards
+    """Write the final files of a detect job from its shards and end the job; a duplicate changes nothing.
 
-    summary = merge_shards(job.spec["out"])
-    job.store.finish(job.job_id, "succeeded", result={**summary, "out": job.spec["out"]})
+    One merge at a time writes a job's folder (the job's merge lock). A delivery that finds the
+    lock held leaves the files to the holder and looks again in :data:`MERGE_RECHECK_S` seconds
+    (in case the holder's process dies); one that finds the job already ended does nothing.
+    """
+    from lstmdet.engine import shards
+
+    store, job_id, out = job.store, job.job_id, job.spec["out"]
+    with store.merge_lock(job_id) as mine:
+        if not mine:
+            log.info("job %s: another merge is running; looking again in %s s", job_id, MERGE_RECHECK_S)
+            task.app.send_task("lstmdet.detect_merge", args=[job_id, job.spec], queue=job.queue,
+                               countdown=MERGE_RECHECK_S)  # fmt: skip
+            return
+        record = store.get(job_id)
+        if record is None or record["state"] in FINAL:
+            return  # an earlier merge ended the job (or it was cancelled meanwhile): its files stand
+        summary = shards.merge_shards(out)
+        store.finish(job_id, "succeeded", result={**summary, "out": out})
 
 
 def ping_task(task: Task, sent: float | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from lstmdet.boxes import clip_boxes
 from lstmdet.engine.metrics import coco_results_list
 from lstmdet.errors import LstmdetError
-from lstmdet.fileio import atomic_open, atomic_write_json
+from lstmdet.fileio import atomic_open
 
 DETECTIONS = "detections.jsonl"
 IMAGES = "images.json"
@@ -48,10 +48,6 @@ _PALETTE = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
 )  # fmt: skip
-
-
-#: Still importable from here for ``workers.tasks``; new code imports :func:`lstmdet.fileio.atomic_write_json`.
-write_json = atomic_write_json
 
 
 def detection_record(file: str, width: int, height: int, prediction: dict[str, Any], classes: Sequence[str]) -> dict:

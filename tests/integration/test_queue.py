@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_outputs, install_plugin, run_cli
-from queue_harness import RedisServer, Worker, make_certificates, wait_for
+from helpers import RedisServer, assert_same_outputs, install_plugin, run_cli, wait_for
+from queue_harness import Worker, make_certificates
 
 import lstmdet
 from lstmdet.checkpoint import read_checkpoint

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TIMING, assert_same_outputs
+from helpers import ROOT, TIMING, assert_same_outputs, save_tiny
 from PIL import Image
 
 import lstmdet
-from lstmdet.checkpoint import save_checkpoint
 from lstmdet.data.coco import yolo_to_coco
 from lstmdet.data.images import find_images
 from lstmdet.engine.detect import DetectOptions
@@ -25,32 +24,6 @@ from lstmdet.engine.writers import annotated_path
 from lstmdet.errors import LstmdetError
 
 COCO30 = ROOT / "tests" / "data" / "coco30"
-
-
-def tiny_config(encoder: dict | None = None) -> dict:
-    """A very small detector (32-48 px inputs) that keeps every detection (score_thresh 0)."""
-    return {
-        "task": "detect",
-        "model": {
-            "classes": ["cat", "dog", "kite"],
-            "input": {"size": 32, "max_size": 48},
-            "backbone": {"name": "small_cnn", "widths": [8, 8, 8], "levels": ["c2", "c3"]},
-            "neck": {"channels": 8},
-            "encoder": encoder or {"name": "identity"},
-            "head": {"name": "fcos", "num_classes": 3, "num_convs": 1, "norm": "none", "score_thresh": 0.0,
-                     "detections_per_img": 10},
-        },
-    }  # fmt: skip
-
-
-def save_tiny(path: Path, encoder: dict | None = None) -> Path:
-    """Build the tiny model with large random weights (distinct scores, real boxes) and save it."""
-    torch.manual_seed(3)
-    model = lstmdet.create_model(tiny_config(encoder))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return save_checkpoint(path, model)
 
 
 @pytest.fixture(autouse=True)

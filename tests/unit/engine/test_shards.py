@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_outputs
+from helpers import assert_same_outputs, save_tiny
 from PIL import Image
-from test_detect import save_tiny
 
 import lstmdet
 from lstmdet.engine.detect import DetectOptions, open_detector
