@@ -71,6 +71,10 @@ def lstmdet_register_heads(registry: Registrar) -> None:
     Called once per plugin while the registry is built. Each factory is called as
     ``factory(in_channels, num_classes, **options)`` and must return an ``nn.Module`` with a
     ``task`` attribute (``"classify"`` or ``"detect"``) that follows :class:`lstmdet.interfaces.Head`.
+    A factory with a ``feature_info`` parameter also receives, from model assembly, the
+    ``FeatureInfo(name, channels, stride)`` of each level the head reads, in the order of the
+    ``features`` it will get (as detectron2 passes ``ShapeSpec``s), so it never guesses strides;
+    a config cannot set it.
 
     Args:
         registry: Registrar bound to the calling plugin; call ``registry.add(name, factory)``.

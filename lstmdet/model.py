@@ -238,8 +238,17 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
             f"{describe['backbone']} with encoder {enc_spec['name']!r} gives {found}. Add `neck: {{channels: N}}` "
             "to the model, or choose one level with model.head.levels"
         )
+    in_channels = head_channels.pop()
+    strides = {fi.name: fi.stride for fi in info}  # the neck and the encoders keep every level's stride
+    head_info = [FeatureInfo(level, in_channels, strides[level]) for level in head_levels]
     head = registry.create_from_spec(
-        "heads", head_spec, "model.head", head_channels.pop(), head_spec["num_classes"], skip=("levels", "num_classes")
+        "heads",
+        head_spec,
+        "model.head",
+        in_channels,
+        head_spec["num_classes"],
+        skip=("levels", "num_classes"),
+        context={"feature_info": head_info},
     )
     if getattr(head, "task", None) != cfg["task"]:
         raise AssemblyError(
@@ -260,13 +269,31 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
 
 
 def _feature_info(backbone: nn.Module, name: str) -> list[FeatureInfo]:
+    """The backbone's ``feature_info``, validated once here; every later part relies on it.
+
+    Raises:
+        AssemblyError: Missing or malformed: each entry must be ``FeatureInfo(name, channels, stride)``
+            with a unique non-empty name and positive integer channels and stride.
+    """
     info = getattr(backbone, "feature_info", None)
+    broken = f"backbone {name!r} has a broken feature_info"
     if not info or not all(isinstance(fi, tuple) and len(fi) == 3 for fi in info):
         raise AssemblyError(
             f"backbone {name!r} has no feature_info (a list of lstmdet.FeatureInfo(name, channels, stride)); "
             "its plugin is broken"
         )
-    return [FeatureInfo(*fi) for fi in info]
+    levels = [FeatureInfo(*fi) for fi in info]
+    for level in levels:
+        if not isinstance(level.name, str) or not level.name:
+            raise AssemblyError(f"{broken}: level name {level.name!r} is not a non-empty string")
+        for key in ("channels", "stride"):
+            value = getattr(level, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AssemblyError(f"{broken}: level {level.name!r} has {key} {value!r}, not a positive integer")
+    names = [level.name for level in levels]
+    if len(set(names)) != len(names):
+        raise AssemblyError(f"{broken}: level names repeat: {names}")
+    return levels
 
 
 def _check_input_width(backbone: nn.Module, name: str, task: str, input_cfg: dict[str, Any]) -> None:

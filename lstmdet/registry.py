@@ -28,6 +28,9 @@ from lstmdet.errors import ConfigError, DuplicateComponentError, LstmdetError, U
 
 KINDS: tuple[str, ...] = ("backbones", "encoders", "heads", "datasets")
 SINGULAR = {"backbones": "backbone", "encoders": "encoder", "heads": "head", "datasets": "dataset"}
+#: Keyword arguments that model assembly supplies to a factory that names them (not config options):
+#: a head's ``feature_info``, the ``FeatureInfo(name, channels, stride)`` of each level it reads.
+ASSEMBLY_ARGS: tuple[str, ...] = ("feature_info",)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Entry:
 
     def options(self) -> list[str]:
         """Names of the keyword options the factory accepts (positional contract args excluded)."""
-        skip = {"in_channels", "num_classes", "self"}
+        skip = {"in_channels", "num_classes", "self", *ASSEMBLY_ARGS}
         params = inspect.signature(self.factory).parameters.values()
         return [p.name for p in params if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
@@ -147,7 +150,13 @@ class ComponentRegistry:
         return entry.factory(*args, **options)
 
     def create_from_spec(
-        self, kind: str, spec: dict[str, Any], field: str, *args: Any, skip: tuple[str, ...] = ()
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        field: str,
+        *args: Any,
+        skip: tuple[str, ...] = (),
+        context: dict[str, Any] | None = None,
     ) -> Any:
         """Build the component a config section names: ``{name: ..., **options}``.
 
@@ -157,13 +166,21 @@ class ComponentRegistry:
             field: Dotted config path of the section, used in error messages.
             *args: Contract arguments of the kind (e.g. ``in_channels``).
             skip: Keys of ``spec`` that are not component options (read by the caller).
+            context: Keyword arguments that assembly supplies (e.g. a head's ``feature_info``), each
+                passed only to a factory that names it as a parameter; a config may not set them.
 
         Raises:
             ConfigError: Unknown name (field ``<field>.name``), an option the factory does not take,
                 or a value the component rejects with ``ValueError`` (field ``<field>``).
         """
         options = {k: v for k, v in spec.items() if k != "name" and k not in skip}
+        for key in context or {}:
+            if key in options:
+                raise ConfigError(f"{field}.{key}", "is set by model assembly, not by the config; remove it")
         try:
+            if context:
+                params = inspect.signature(self.get(kind, spec["name"]).factory).parameters
+                options.update({k: v for k, v in context.items() if k in params})
             return self.create(kind, spec["name"], *args, **options)
         except UnknownComponentError as exc:
             raise ConfigError(f"{field}.name", str(exc)) from None

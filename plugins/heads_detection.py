@@ -9,11 +9,12 @@ ranges, RetinaNet IoU ``Matcher``), losses (sigmoid focal, GIoU / L1, centre-nes
 torchvision's own code. What lstmdet adds is the :class:`lstmdet.interfaces.Head` ``forward``:
 
 * ``features`` (ordered dict) become the list of levels torchvision's heads expect;
-* each level's stride is derived at forward time from ``images.tensors`` and the map's height
-  (the smallest power of two ``s`` with ``ceil(H / s) == h``), because the head does not know the
-  backbone when it is built. One :class:`~torchvision.models.detection.anchor_utils.AnchorGenerator`
-  is cached per tuple of strides and its ``grid_anchors`` is called with those strides (its own
-  ``forward`` would use ``H // h``, which is wrong when ``H`` is not a multiple of the stride);
+* the head is told the name, channels and stride of every level it reads when it is built
+  (``feature_info``, as detectron2 passes ``ShapeSpec``s; model assembly passes the backbone's),
+  and never guesses a stride from map sizes. One
+  :class:`~torchvision.models.detection.anchor_utils.AnchorGenerator` is built for those strides and
+  its ``grid_anchors`` is called with them (its own ``forward`` would use ``H // h``, which is wrong
+  when ``H`` is not a multiple of the stride);
 * detections are returned in the frame of ``images`` (boxes clipped to ``images.image_sizes``);
   there is no resize back to original image sizes here: the model does that.
 
@@ -31,7 +32,6 @@ longer be torchvision's head). ``norm="batch"`` (``BatchNorm2d``) and ``norm="no
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -46,7 +46,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.misc import Conv2dNormActivation
 
-from lstmdet import hookimpl
+from lstmdet import FeatureInfo, hookimpl
 from lstmdet.errors import AssemblyError
 from lstmdet.options import check_choice, check_float, check_int, check_list, is_number
 
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from lstmdet.registry import Registrar
 
 NORMS: tuple[str, ...] = ("group", "batch", "none")
-_MAX_LOG2_STRIDE = 16
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,42 +94,50 @@ def _check_offsets(head: str, offsets: object) -> tuple[tuple[float, float], ...
     return tuple(pairs)
 
 
-def level_strides(image_height: int, feature_heights: Sequence[int]) -> tuple[int, ...]:
-    """Stride of each feature level, derived from the padded image height.
-
-    Backbones return maps of height ``ceil(H / stride)``; the stride of a level is the smallest power
-    of two ``s`` with ``ceil(H / s) == h``. A map no power of two explains gets ``H / h`` rounded to
-    the nearest power of two (in log scale).
-
-    Args:
-        image_height: Height ``H`` of ``images.tensors``.
-        feature_heights: Height ``h`` of each level.
-
-    Returns:
-        One power-of-two stride per level.
-    """
-    strides = []
-    for h in feature_heights:
-        stride = next(
-            (2**k for k in range(_MAX_LOG2_STRIDE + 1) if math.ceil(image_height / 2**k) == h),
-            None,
-        )
-        if stride is None:
-            stride = 2 ** max(0, round(math.log2(image_height / max(h, 1))))
-        strides.append(stride)
-    return tuple(strides)
-
-
 # --------------------------------------------------------------------------------------------------
 # shared forward
 # --------------------------------------------------------------------------------------------------
 
 
+def check_feature_info(owner: str, feature_info: object, in_channels: int) -> tuple[FeatureInfo, ...]:
+    """The levels a detection head reads, validated: ``FeatureInfo(name, channels, stride)`` each.
+
+    Raises:
+        ValueError: Missing, empty, or a level whose channels are not ``in_channels``, whose stride is
+            not a positive int, or whose name repeats; the message says what to pass.
+    """
+    hint = (
+        "pass feature_info=[FeatureInfo(name, channels, stride), ...] for the levels the head reads, in order "
+        "(lstmdet's model assembly passes the backbone's)"
+    )
+    if not isinstance(feature_info, Sequence) or isinstance(feature_info, str) or not feature_info:
+        raise ValueError(f"{owner} needs the feature levels it reads: {hint}")
+    levels = []
+    for item in feature_info:
+        if not isinstance(item, tuple) or len(item) != 3:
+            raise ValueError(f"{owner}: feature_info entry {item!r} is not (name, channels, stride); {hint}")
+        level = FeatureInfo(*item)
+        if not isinstance(level.name, str) or not level.name:
+            raise ValueError(f"{owner}: feature_info names must be non-empty strings, got {level.name!r}")
+        check_int(level.stride, f"feature_info stride of level {level.name!r}", owner, minimum=1)
+        if level.channels != in_channels:
+            raise ValueError(
+                f"{owner}: level {level.name!r} has {level.channels} channels but the head was built with "
+                f"in_channels={in_channels}; every level must have in_channels channels"
+            )
+        levels.append(level)
+    names = [level.name for level in levels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{owner}: feature_info names repeat: {names}")
+    return tuple(levels)
+
+
 class _HeadForward(abc.ABC):
     """The lstmdet ``Head`` protocol on top of a torchvision one-stage detector.
 
-    Subclasses set ``head``, ``in_channels``, ``num_classes``, ``num_anchors`` and implement
-    ``_make_anchor_generator`` and ``_losses``; ``postprocess_detections`` comes from torchvision.
+    Subclasses set ``head``, ``in_channels``, ``num_classes``, ``num_anchors``, ``feature_info`` and
+    implement ``_make_anchor_generator`` and ``_losses``; ``postprocess_detections`` comes from
+    torchvision.
     """
 
     task = "detect"
@@ -138,6 +145,7 @@ class _HeadForward(abc.ABC):
     in_channels: int
     num_classes: int
     num_anchors: int
+    feature_info: tuple[FeatureInfo, ...]
     _anchor_generators: dict[tuple[int, ...], AnchorGenerator]
     _name: str
 
@@ -150,8 +158,8 @@ class _HeadForward(abc.ABC):
         """Losses (with ``targets``) or detections (without).
 
         Args:
-            features: Ordered dict of ``(N, C, h_i, w_i)`` maps, ``C == in_channels``, finest first
-                or in any order (each level gets its own stride).
+            features: Ordered dict of ``(N, C, h_i, w_i)`` maps, ``C == in_channels``: the levels of
+                ``feature_info``, in that order (``h_i = ceil(H / stride_i)``).
             images: ``images.tensors`` ``(N, 3, H, W)`` (padded) and ``images.image_sizes``.
             targets: One dict per image: ``boxes`` ``(M, 4)`` xyxy pixels in the frame of
                 ``images`` and ``labels`` ``(M,)`` int64 in ``[0, num_classes)``; ``M`` may be 0.
@@ -164,7 +172,8 @@ class _HeadForward(abc.ABC):
             best first.
 
         Raises:
-            AssemblyError: No levels, or a level with the wrong channel count or batch size.
+            AssemblyError: Levels other than ``feature_info``'s, or a level with the wrong channel
+                count or batch size.
             ValueError: Malformed targets (count, shapes, labels out of range, empty-area boxes).
         """
         levels = self._levels(features, images)
@@ -184,6 +193,12 @@ class _HeadForward(abc.ABC):
     def _levels(self, features: dict[str, Tensor], images: ImageList) -> list[Tensor]:
         if not features:
             raise AssemblyError(f"{self._name} head received no feature maps; the encoder returned an empty dict")
+        expected = [level.name for level in self.feature_info]
+        if list(features) != expected:
+            raise AssemblyError(
+                f"{self._name} head was built for levels {expected} (feature_info) but received {list(features)}; "
+                "build it with the feature_info of the levels it is given"
+            )
         n = images.tensors.shape[0]
         if len(images.image_sizes) != n:
             raise AssemblyError(f"{self._name} head: images has {len(images.image_sizes)} image_sizes for {n} images")
@@ -198,11 +213,10 @@ class _HeadForward(abc.ABC):
 
     def _anchors(self, levels: list[Tensor], images: ImageList) -> list[Tensor]:
         """Anchors ``(A_total, 4)`` xyxy, one (shared) tensor per image."""
-        strides = level_strides(int(images.tensors.shape[-2]), [int(x.shape[-2]) for x in levels])
-        generator = self._anchor_generators.get(strides)
+        strides = tuple(level.stride for level in self.feature_info)
+        generator = self._anchor_generators.get(strides)  # a dict, not an attribute: no submodule
         if generator is None:
-            generator = self._make_anchor_generator(strides)
-            self._anchor_generators[strides] = generator
+            generator = self._anchor_generators[strides] = self._make_anchor_generator(strides)
         x0 = levels[0]
         # The cached cells stay float32 (fp16 features under autocast would round them in place).
         generator.set_cell_anchors(torch.float32, x0.device)
@@ -300,6 +314,8 @@ class FCOSDetectionHead(_HeadForward, FCOS):
     Args:
         in_channels: Channels ``C`` of every feature level.
         num_classes: Number of object classes (labels ``0 .. num_classes - 1``).
+        feature_info: The levels the head reads, in order: ``FeatureInfo(name, channels, stride)``
+            each, with ``channels == in_channels`` (model assembly passes the backbone's; required).
         num_convs: Conv layers in each of the classification and regression towers.
         score_thresh: Minimum score ``sqrt(sigmoid(cls) * sigmoid(ctrness))`` kept at inference.
         nms_thresh: IoU threshold of the per-class NMS.
@@ -322,6 +338,7 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         in_channels: int,
         num_classes: int,
         *,
+        feature_info: Sequence[FeatureInfo] | None = None,
         num_convs: int = 4,
         score_thresh: float = 0.2,
         nms_thresh: float = 0.6,
@@ -336,6 +353,7 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         owner = f"{name} head"
         self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
         self.num_classes = check_int(num_classes, "num_classes", owner, minimum=1)
+        self.feature_info = check_feature_info(owner, feature_info, self.in_channels)
         num_convs = check_int(num_convs, "num_convs", owner, minimum=0)
         norm_layer = _norm_layer(name, norm, in_channels)
         self.norm = norm
@@ -417,6 +435,8 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
     Args:
         in_channels: Channels ``C`` of every feature level.
         num_classes: Number of object classes (labels ``0 .. num_classes - 1``).
+        feature_info: The levels the head reads, in order: ``FeatureInfo(name, channels, stride)``
+            each, with ``channels == in_channels`` (model assembly passes the backbone's; required).
         num_convs: Conv layers in each of the classification and regression towers.
         anchor_scale: Base anchor size in units of the level stride.
         scales_per_octave: Anchor sizes per level (octave subdivisions).
@@ -441,6 +461,7 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
         in_channels: int,
         num_classes: int,
         *,
+        feature_info: Sequence[FeatureInfo] | None = None,
         num_convs: int = 4,
         anchor_scale: float = 4.0,
         scales_per_octave: int = 3,
@@ -458,6 +479,7 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
         owner = f"{name} head"
         self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
         self.num_classes = check_int(num_classes, "num_classes", owner, minimum=1)
+        self.feature_info = check_feature_info(owner, feature_info, self.in_channels)
         num_convs = check_int(num_convs, "num_convs", owner, minimum=0)
         self.anchor_scale = check_float(anchor_scale, "anchor_scale", owner, low=0.0, low_open=True)
         self.scales_per_octave = check_int(scales_per_octave, "scales_per_octave", owner, minimum=1)

@@ -93,7 +93,10 @@ def _targets(task: str) -> list[dict[str, torch.Tensor]]:
 def test_head_contract(name):
     # An untrained detection head scores every location near its prior (0.01), below the default
     # threshold: keep every candidate so that the checks below see real boxes.
-    head = REGISTRY.create("heads", name, 32, 3, **HEAD_OPTIONS.get(name, {}))
+    # Assembly tells a head that takes `feature_info` the levels it reads (the maps below: strides 4, 8).
+    levels = [FeatureInfo("c2", 32, 4), FeatureInfo("c3", 32, 8)]
+    spec = {"name": name, **HEAD_OPTIONS.get(name, {})}
+    head = REGISTRY.create_from_spec("heads", spec, "model.head", 32, 3, context={"feature_info": levels})
     assert head.task in ("classify", "detect")
     images = ImageList(torch.rand(2, 3, *SIZE), [SIZE, (32, 40)])
     features = {

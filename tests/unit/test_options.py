@@ -152,7 +152,9 @@ def test_registry_reports_a_component_option_on_its_config_section():
     from lstmdet.manager import current_registry
 
     with pytest.raises(ConfigError) as info:
-        current_registry().create_from_spec("heads", {"name": "fcos", "score_thresh": 2}, "model.head", 32, 3)
+        current_registry().create_from_spec(
+            "heads", {"name": "fcos", "score_thresh": 2}, "model.head", 32, 3, context={"feature_info": [("c3", 32, 8)]}
+        )
     assert info.value.field == "model.head"
     assert str(info.value) == (
         "config field model.head: fcos: fcos head: score_thresh must be a number in [0, 1], got 2"

@@ -133,3 +133,19 @@ def test_optional_hooks_of_other_projects_are_allowed():
             return None
 
     build_plugin_manager(disabled=[], extra_plugins=[("future", Optional())])
+
+
+def test_assembly_arguments_reach_only_factories_that_name_them_and_never_come_from_a_config():
+    registry = current_registry()
+    levels = [lstmdet.FeatureInfo("c3", 32, 8)]
+    fcos = registry.create_from_spec("heads", {"name": "fcos"}, "model.head", 32, 2, context={"feature_info": levels})
+    assert fcos.feature_info == tuple(levels)
+    classifier = registry.create_from_spec(
+        "heads", {"name": "classifier"}, "model.head", 32, 2, context={"feature_info": levels}
+    )  # takes no feature_info: built without it
+    assert classifier.task == "classify"
+    with pytest.raises(LstmdetError, match=r"model\.head\.feature_info: is set by model assembly"):
+        registry.create_from_spec(
+            "heads", {"name": "fcos", "feature_info": []}, "model.head", 32, 2, context={"feature_info": levels}
+        )
+    assert "feature_info" not in registry.get("heads", "fcos").options()

@@ -16,16 +16,22 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
+from lstmdet import FeatureInfo
 from lstmdet.errors import AssemblyError
 from lstmdet.plugins import heads_classifier, heads_detection
 from lstmdet.plugins.heads_classifier import ClassifierHead
-from lstmdet.plugins.heads_detection import FCOSDetectionHead, RetinaNetDetectionHead, level_strides
+from lstmdet.plugins.heads_detection import FCOSDetectionHead, RetinaNetDetectionHead
 
 DETECTORS = {"fcos": FCOSDetectionHead, "retinanet": RetinaNetDetectionHead}
 
 
 def image_list(n: int, h: int = 64, w: int = 64, sizes: list[tuple[int, int]] | None = None) -> ImageList:
     return ImageList(torch.rand(n, 3, h, w), sizes if sizes is not None else [(h, w)] * n)
+
+
+def info(c: int, strides: tuple[int, ...] = (8, 16), prefix: str = "p") -> list[FeatureInfo]:
+    """The ``feature_info`` of :func:`features`' levels (``p0``, ``p1``, ...) for a 64 px image."""
+    return [FeatureInfo(f"{prefix}{i}", c, s) for i, s in enumerate(strides)]
 
 
 def features(n: int, c: int, sizes: tuple[tuple[int, int], ...] = ((8, 8), (4, 4))) -> dict[str, Tensor]:
@@ -157,18 +163,10 @@ def test_classifier_bad_sizes(in_channels: object, num_classes: object) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_level_strides_from_ceil_sized_maps() -> None:
-    assert level_strides(64, [8, 4]) == (8, 16)
-    assert level_strides(100, [13, 7, 4]) == (8, 16, 32)  # ceil(100 / s)
-    assert level_strides(65, [3]) == (32,)  # 65 // 3 == 21 would be wrong
-    assert level_strides(64, [1]) == (64,)
-    assert level_strides(64, [60]) == (1,)  # nothing fits exactly: nearest power of two
-
-
 @pytest.mark.parametrize("name", ["fcos", "retinanet"])
 def test_detection_inference_format(name: str) -> None:
     torch.manual_seed(0)
-    head = DETECTORS[name](32, 3, score_thresh=0.0, detections_per_img=50).eval()
+    head = DETECTORS[name](32, 3, feature_info=info(32), score_thresh=0.0, detections_per_img=50).eval()
     assert head.task == "detect"
     sizes = [(64, 64), (40, 52)]
     with torch.no_grad():
@@ -187,7 +185,7 @@ def test_detection_inference_format(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["fcos", "retinanet"])
 def test_detection_threshold_can_leave_no_detections(name: str) -> None:
-    head = DETECTORS[name](32, 2, score_thresh=1.0).eval()
+    head = DETECTORS[name](32, 2, feature_info=info(32), score_thresh=1.0).eval()
     with torch.no_grad():
         out = head(features(1, 32), image_list(1))
     assert out[0]["boxes"].shape == (0, 4) and out[0]["labels"].shape == (0,)
@@ -202,7 +200,7 @@ def test_detection_threshold_can_leave_no_detections(name: str) -> None:
 )
 def test_detection_training_losses(name: str, keys: set[str]) -> None:
     torch.manual_seed(0)
-    head = DETECTORS[name](32, 3).train()
+    head = DETECTORS[name](32, 3, feature_info=info(32)).train()
     feats = {k: v.requires_grad_() for k, v in features(2, 32).items()}
     targets = [
         {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [33.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([0, 2])},
@@ -219,17 +217,49 @@ def test_detection_training_losses(name: str, keys: set[str]) -> None:
 
 @pytest.mark.parametrize("name", ["fcos", "retinanet"])
 def test_detection_handles_sizes_that_are_not_multiples_of_the_stride(name: str) -> None:
-    head = DETECTORS[name](32, 2, score_thresh=0.0).eval()
+    head = DETECTORS[name](32, 2, feature_info=info(32), score_thresh=0.0).eval()
     feats = features(1, 32, sizes=((13, 10), (7, 5)))  # a 100 x 75 image at strides 8 and 16
     with torch.no_grad():
         out = head(feats, image_list(1, 100, 75))
     assert out[0]["boxes"].shape[0] > 0
     assert (out[0]["boxes"][:, 2] <= 75).all() and (out[0]["boxes"][:, 3] <= 100).all()
-    assert (8, 16) in head._anchor_generators  # cached per tuple of strides
+    assert list(head._anchor_generators) == [(8, 16)]  # the strides of feature_info, never guessed
+
+
+@pytest.mark.parametrize("name", ["fcos", "retinanet"])
+def test_detection_heads_use_the_strides_they_are_told(name: str) -> None:
+    """A 64 px image whose maps are 8 and 4 high: strides 8 and 16 by size, but told 4 and 32 the
+    head must place its anchors at strides 4 and 32 (it used to guess from the map sizes)."""
+    told = DETECTORS[name](32, 2, feature_info=info(32, (4, 32)))
+    anchors = told._anchors(list(features(1, 32).values()), image_list(1))[0]
+    guessed = DETECTORS[name](32, 2, feature_info=info(32))._anchors(list(features(1, 32).values()), image_list(1))[0]
+    assert anchors.shape == guessed.shape and not torch.equal(anchors, guessed)
+    per_location = told.num_anchors
+    first = (anchors[:per_location, :2] + anchors[:per_location, 2:]) / 2  # location (0, 0) of level 0
+    second = (anchors[per_location : 2 * per_location, :2] + anchors[per_location : 2 * per_location, 2:]) / 2
+    assert (second - first)[:, 0].unique().tolist() == [4.0]  # next location: one stride (4) to the right
+    last = 8 * 8 * per_location + per_location  # location (0, 1) of level 1
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assert (centres[last] - centres[8 * 8 * per_location])[0] == 32.0
+
+
+@pytest.mark.parametrize("name", ["fcos", "retinanet"])
+def test_detection_heads_need_matching_feature_info(name: str) -> None:
+    with pytest.raises(ValueError, match=r"needs the feature levels it reads: pass feature_info="):
+        DETECTORS[name](32, 2)
+    with pytest.raises(ValueError, match=r"level 'p0' has 16 channels but the head was built with in_channels=32"):
+        DETECTORS[name](32, 2, feature_info=info(16))
+    with pytest.raises(ValueError, match=r"stride"):
+        DETECTORS[name](32, 2, feature_info=[FeatureInfo("p0", 32, 0)])
+    with pytest.raises(ValueError, match=r"names repeat"):
+        DETECTORS[name](32, 2, feature_info=[FeatureInfo("p0", 32, 8), FeatureInfo("p0", 32, 16)])
+    head = DETECTORS[name](32, 2, feature_info=info(32, prefix="c"))
+    with pytest.raises(AssemblyError, match=r"built for levels \['c0', 'c1'\] .* received \['p0', 'p1'\]"):
+        head(features(1, 32), image_list(1))
 
 
 def test_fcos_anchor_points_have_the_stride_as_size() -> None:
-    head = FCOSDetectionHead(32, 2)
+    head = FCOSDetectionHead(32, 2, feature_info=info(32))
     levels = list(features(1, 32).values())
     anchors = head._anchors(levels, image_list(1))[0]
     assert anchors.shape == (8 * 8 + 4 * 4, 4)
@@ -238,7 +268,7 @@ def test_fcos_anchor_points_have_the_stride_as_size() -> None:
 
 
 def test_fcos_anchor_offsets_add_points_between_locations() -> None:
-    head = FCOSDetectionHead(32, 2, anchor_offsets=[[0, 0], [0.5, 0], [0.25, 0.75]])
+    head = FCOSDetectionHead(32, 2, feature_info=info(32), anchor_offsets=[[0, 0], [0.5, 0], [0.25, 0.75]])
     assert head.num_anchors == 3
     assert head.head.classification_head.cls_logits.out_channels == 3 * 2
     assert head.head.regression_head.bbox_reg.out_channels == 3 * 4
@@ -258,7 +288,7 @@ def test_fcos_default_anchor_points_are_torchvisions() -> None:
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     levels = list(features(1, 32).values())
-    ours = FCOSDetectionHead(32, 2)._anchors(levels, image_list(1))[0]
+    ours = FCOSDetectionHead(32, 2, feature_info=info(32))._anchors(levels, image_list(1))[0]
     theirs = AnchorGenerator(((8,), (16,)), ((1.0,), (1.0,)))(image_list(1), levels)[0]
     assert torch.equal(ours, theirs)
 
@@ -274,14 +304,16 @@ def test_fcos_anchor_offsets_give_a_thin_box_positives() -> None:
     feats = {"p0": torch.randn(1, 32, 8, 8)}
     losses = {}
     for offsets in ([[0, 0]], [[0, 0], [0.5, 0]]):
-        head = FCOSDetectionHead(32, 2, num_convs=1, anchor_offsets=offsets).train()
+        head = FCOSDetectionHead(32, 2, feature_info=info(32, (8,)), num_convs=1, anchor_offsets=offsets).train()
         losses[len(offsets)] = head(feats, image_list(1), thin)["bbox_regression"]
     assert float(losses[1].detach()) == 0.0
     assert float(losses[2].detach()) > 0.5
 
 
 def test_retinanet_anchor_layout() -> None:
-    head = RetinaNetDetectionHead(32, 2, anchor_scale=2.0, scales_per_octave=2, aspect_ratios=[1.0])
+    head = RetinaNetDetectionHead(
+        32, 2, feature_info=info(32), anchor_scale=2.0, scales_per_octave=2, aspect_ratios=[1.0]
+    )
     assert head.num_anchors == 2
     assert head.anchor_sizes(8) == pytest.approx((16.0, 16.0 * math.sqrt(2)))
     anchors = head._anchors(list(features(1, 32).values()), image_list(1))[0]
@@ -292,7 +324,7 @@ def test_retinanet_anchor_layout() -> None:
 @pytest.mark.parametrize("norm", ["batch", "none"])
 @pytest.mark.parametrize("name", ["fcos", "retinanet"])
 def test_detection_norm_options_work_for_any_channel_count(name: str, norm: str) -> None:
-    head = DETECTORS[name](24, 2, norm=norm, num_convs=2)
+    head = DETECTORS[name](24, 2, feature_info=info(24), norm=norm, num_convs=2)
     kinds = {type(m) for m in head.modules()}
     assert nn.GroupNorm not in kinds
     assert (nn.BatchNorm2d in kinds) == (norm == "batch")
@@ -304,30 +336,30 @@ def test_detection_norm_options_work_for_any_channel_count(name: str, norm: str)
 @pytest.mark.parametrize("name", ["fcos", "retinanet"])
 def test_detection_group_norm_needs_multiple_of_32(name: str) -> None:
     with pytest.raises(ValueError, match="divisible by 32"):
-        DETECTORS[name](48, 2, norm="group")
-    head = DETECTORS[name](64, 2, norm="group")
+        DETECTORS[name](48, 2, feature_info=info(48), norm="group")
+    head = DETECTORS[name](64, 2, feature_info=info(64), norm="group")
     assert any(isinstance(m, nn.GroupNorm) for m in head.modules())
 
 
 @pytest.mark.parametrize("num_convs", [0, 2, 5])
 def test_retinanet_num_convs(num_convs: int) -> None:
-    head = RetinaNetDetectionHead(32, 2, num_convs=num_convs)
+    head = RetinaNetDetectionHead(32, 2, feature_info=info(32), num_convs=num_convs)
     assert len(head.head.classification_head.conv) == num_convs
     assert len(head.head.regression_head.conv) == num_convs
-    fcos = FCOSDetectionHead(32, 2, num_convs=num_convs)
+    fcos = FCOSDetectionHead(32, 2, feature_info=info(32), num_convs=num_convs)
     assert sum(isinstance(m, nn.Conv2d) for m in fcos.head.classification_head.conv) == num_convs
 
 
 @pytest.mark.parametrize("name", ["fcos", "retinanet"])
 def test_detection_state_dict_round_trip(name: str) -> None:
     torch.manual_seed(0)
-    head = DETECTORS[name](32, 3, score_thresh=0.0).eval()
+    head = DETECTORS[name](32, 3, feature_info=info(32), score_thresh=0.0).eval()
     feats, images = features(1, 32), image_list(1)
     with torch.no_grad():
         before = head(feats, images)
     state = head.state_dict()
     assert all(key.startswith("head.") for key in state)
-    other = DETECTORS[name](32, 3, score_thresh=0.0).eval()
+    other = DETECTORS[name](32, 3, feature_info=info(32), score_thresh=0.0).eval()
     other.load_state_dict(state)
     with torch.no_grad():
         after = other(feats, images)
@@ -336,7 +368,7 @@ def test_detection_state_dict_round_trip(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["fcos", "retinanet"])
 def test_detection_bad_inputs(name: str) -> None:
-    head = DETECTORS[name](32, 3).train()
+    head = DETECTORS[name](32, 3, feature_info=info(32)).train()
     feats, images = features(1, 32), image_list(1)
     box = torch.tensor([[4.0, 6.0, 30.0, 40.0]])
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
@@ -382,7 +414,7 @@ def test_detection_bad_inputs(name: str) -> None:
 )
 def test_detection_bad_options(name: str, options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        DETECTORS[name](32, 2, **options)
+        DETECTORS[name](32, 2, feature_info=info(32), **options)
 
 
 def test_plugins_register_their_heads() -> None:
@@ -407,7 +439,7 @@ def test_plugins_register_their_heads() -> None:
 @pytest.mark.parametrize("name", ["classifier", "fcos", "retinanet"])
 def test_heads_run_on_cuda(name: str) -> None:
     dev = torch.device("cuda")
-    head = (ClassifierHead(32, 3) if name == "classifier" else DETECTORS[name](32, 3)).to(dev)
+    head = (ClassifierHead(32, 3) if name == "classifier" else DETECTORS[name](32, 3, feature_info=info(32))).to(dev)
     feats = {k: v.to(dev) for k, v in features(2, 32).items()}
     images = image_list(2).to(dev)
     if name == "classifier":
@@ -458,6 +490,10 @@ def synthetic_boxes(n: int, seed: int, widths: tuple[int, int] | None = None) ->
         images.append(img)
         targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels)})
     return torch.stack(images), targets
+
+
+#: The levels :class:`TinyFeatures` returns.
+TINY_INFO = [FeatureInfo("s8", 32, 8), FeatureInfo("s16", 32, 16)]
 
 
 class TinyFeatures(nn.Module):
@@ -533,7 +569,7 @@ def held_out_hit_rate(net: nn.Module, head: nn.Module) -> float:
 
 @pytest.mark.slow
 def test_fcos_learns_to_detect_rectangles() -> None:
-    head = FCOSDetectionHead(32, 2, num_convs=2)
+    head = FCOSDetectionHead(32, 2, feature_info=TINY_INFO, num_convs=2)
     net, detections, targets = train_detector(head, steps=200)
     assert top_detections_hit_rate(detections, targets) > 0.9
     assert held_out_hit_rate(net, head) > 0.6  # and it generalises somewhat from 16 images
@@ -547,7 +583,7 @@ def test_fcos_with_anchor_offsets_learns_thin_rectangles() -> None:
     """
     rates = {}
     for offsets in ([[0, 0]], [[0, 0], [0.5, 0]]):
-        head = FCOSDetectionHead(32, 2, num_convs=2, anchor_offsets=offsets)
+        head = FCOSDetectionHead(32, 2, feature_info=TINY_INFO, num_convs=2, anchor_offsets=offsets)
         _, detections, targets = train_detector(head, steps=200, widths=(5, 8))
         rates[len(offsets)] = top_detections_hit_rate(detections, targets)
     assert rates[2] > 0.9
@@ -557,7 +593,7 @@ def test_fcos_with_anchor_offsets_learns_thin_rectangles() -> None:
 @pytest.mark.slow
 def test_retinanet_learns_to_detect_rectangles() -> None:
     # anchor_scale 2 gives anchors of 16-25 px at stride 8, the size of the rectangles
-    head = RetinaNetDetectionHead(32, 2, num_convs=2, anchor_scale=2.0, norm="group")
+    head = RetinaNetDetectionHead(32, 2, feature_info=TINY_INFO, num_convs=2, anchor_scale=2.0, norm="group")
     net, detections, targets = train_detector(head, steps=200)
     assert top_detections_hit_rate(detections, targets) > 0.9
     assert held_out_hit_rate(net, head) > 0.6
