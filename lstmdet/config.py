@@ -25,8 +25,10 @@ is assembled.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
+import json
+import numbers
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,27 +67,58 @@ TRAIN_SCHEMA: dict[str, tuple[Any, tuple[type, ...], tuple | None]] = {
 }
 
 
-def load_config(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
-    """Read and validate a config.
+def load_config(source: Mapping[str, Any] | str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a config, apply ``--set`` overrides and validate it.
+
+    The one way every command, the engine and the job client load a config.
 
     Args:
-        source: A mapping, or the path of a YAML file.
+        source: A mapping, or the path of a YAML file. A mapping is copied as plain data, as JSON
+            holds it (tuples become lists, paths strings), so the config can be stored in
+            checkpoints and job specs; ``source`` itself is not changed.
+        overrides: ``key.path=value`` assignments (values are YAML), applied in order before
+            validation (see :func:`set_value`).
 
     Returns:
-        A validated deep copy with defaults filled in (``model.input``, ``model.classes``,
+        A validated copy with defaults filled in (``model.input``, ``model.classes``,
         ``model.head.num_classes``, ``model.encoder.levels`` keys are always present).
 
     Raises:
-        ConfigError: A field is missing or wrong; the message names it.
-        LstmdetError: The file cannot be read or is not valid YAML.
+        ConfigError: A field is missing or wrong, or an override is malformed; the message names it.
+        LstmdetError: The file cannot be read or is not valid YAML, or a mapping holds values that
+            are not plain data.
     """
     if isinstance(source, (str, Path)):
         config = read_yaml(Path(source))
     elif isinstance(source, Mapping):
-        config = copy.deepcopy(dict(source))
+        config = _plain_copy(source)
     else:
         raise LstmdetError(f"a config must be a dict or a YAML file path, not {type(source).__name__}")
+    for assignment in overrides:
+        set_value(config, assignment)
     return validate_config(config)
+
+
+def _plain_copy(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``config`` as JSON would hold it."""
+
+    def plain(value: Any) -> Any:  # called by json for what it cannot write itself
+        if isinstance(value, Mapping):
+            return dict(value)
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            return float(value)
+        raise TypeError(f"{value!r} ({type(value).__name__}) is not one of them")
+
+    try:
+        return json.loads(json.dumps(config, default=plain))
+    except (TypeError, ValueError) as exc:  # ValueError: a circular reference
+        raise LstmdetError(
+            f"a config may hold only mappings, lists, strings, numbers, booleans and null (as YAML does): {exc}"
+        ) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

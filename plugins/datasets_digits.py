@@ -112,6 +112,27 @@ class _DigitSource(Dataset):
 
     task = "detect"
 
+    def _common_options(
+        self,
+        owner: str,
+        *,
+        seed: int,
+        size: int,
+        scale: Sequence[float],
+        split: str,
+        noise: float,
+        background: float,
+        root: str | os.PathLike | None,
+    ) -> None:
+        """Check the options both generators take, then load the protocol digits of ``split``."""
+        self.seed = check_int(seed, "seed", owner, minimum=0)
+        self.size = check_int(size, "size", owner, minimum=8)
+        self.scale = _range_option(scale, "scale", owner, integer=False, minimum=0.1)
+        self.split = _split_option(split, owner)
+        self.noise = check_float(noise, "noise", owner, low=0.0, high=1.0)
+        self.background = check_float(background, "background", owner, low=0.0, high=1.0)
+        self._load_digits(root, self.split)
+
     def _load_digits(self, root: str | os.PathLike | None, split: str) -> None:
         self.classes = [str(i) for i in range(10)]
         self.category_ids = list(range(10))
@@ -184,15 +205,11 @@ class DigitsDet(_DigitSource):
     ) -> None:
         owner = "digits_det"
         self.images = check_int(images, "images", owner, minimum=1)
-        self.seed = check_int(seed, "seed", owner, minimum=0)
-        self.size = check_int(size, "size", owner, minimum=8)
         self.digits_range = _range_option(digits, "digits", owner, integer=True, minimum=0)
-        self.scale = _range_option(scale, "scale", owner, integer=False, minimum=0.1)
-        self.split = _split_option(split, owner)
         self.max_overlap = check_float(max_overlap, "max_overlap", owner, low=0.0, high=1.0)
-        self.noise = check_float(noise, "noise", owner, low=0.0, high=1.0)
-        self.background = check_float(background, "background", owner, low=0.0, high=1.0)
-        self._load_digits(root, self.split)
+        self._common_options(
+            owner, seed=seed, size=size, scale=scale, split=split, noise=noise, background=background, root=root
+        )
 
     def __len__(self) -> int:
         return self.images
@@ -291,16 +308,12 @@ class DigitsVideo(_DigitSource):
         owner = "digits_video"
         self.clips = check_int(clips, "clips", owner, minimum=1)
         self.frames = check_int(frames, "frames", owner, minimum=1)
-        self.seed = check_int(seed, "seed", owner, minimum=0)
-        self.size = check_int(size, "size", owner, minimum=8)
         self.digits_range = _range_option(digits, "digits", owner, integer=True, minimum=1)
-        self.split = _split_option(split, owner)
         self.occlusion = check_float(occlusion, "occlusion", owner, low=0.0, high=1.0)
-        self.scale = _range_option(scale, "scale", owner, integer=False, minimum=0.1)
         self.speed = _range_option(speed, "speed", owner, integer=False, minimum=0.0)
-        self.noise = check_float(noise, "noise", owner, low=0.0, high=1.0)
-        self.background = check_float(background, "background", owner, low=0.0, high=1.0)
-        self._load_digits(root, self.split)
+        self._common_options(
+            owner, seed=seed, size=size, scale=scale, split=split, noise=noise, background=background, root=root
+        )
 
     def __len__(self) -> int:
         return self.clips

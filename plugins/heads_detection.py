@@ -85,7 +85,7 @@ def _check_offsets(head: str, offsets: object) -> tuple[tuple[float, float], ...
     pairs = []
     for pair in offsets:
         ok = isinstance(pair, Sequence) and not isinstance(pair, (str, bytes)) and len(pair) == 2
-        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in pair)
+        ok = ok and all(is_number(v, low=0.0, high=1.0, high_open=True) for v in pair)
         if not ok:
             raise ValueError(f"{head} head: anchor_offsets has {pair!r}; {hint}")
         pairs.append((float(pair[0]), float(pair[1])))

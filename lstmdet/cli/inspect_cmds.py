@@ -52,14 +52,11 @@ def run_plugins(args: argparse.Namespace) -> int:
 
 def run_model(args: argparse.Namespace) -> int:
     """Build the config's model and describe it."""
-    from lstmdet.config import read_yaml, set_value
+    from lstmdet.config import load_config
     from lstmdet.model import build_model
     from lstmdet.summary import describe_model
 
-    config = read_yaml(Path(args.config))
-    for assignment in args.overrides:
-        set_value(config, assignment)
-    model = build_model(config)
+    model = build_model(load_config(Path(args.config), args.overrides))
     info = describe_model(model, frames=args.frames)
     if args.json:
         print(json.dumps(info, indent=2))

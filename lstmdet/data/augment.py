@@ -67,7 +67,7 @@ from torch import Tensor
 
 from lstmdet.boxes import clip_boxes
 from lstmdet.errors import ConfigError, LstmdetError
-from lstmdet.options import check_choice, check_int
+from lstmdet.options import check_choice, check_int, is_number
 
 TASKS = ("classify", "detect")
 SPLITS = ("train", "eval")
@@ -286,15 +286,15 @@ def build_augment(task: str, split: str, spec: Mapping[str, Any] | None = None) 
 def _check_knob(key: str, value: Any) -> Any:
     field = f"{FIELD}.{key}"
     if key == "scale":
-        if _number(value):
+        if is_number(value):
             value = [1.0 - float(value), 1.0 + float(value)]
-        if not (isinstance(value, list | tuple) and len(value) == 2 and all(_number(v) for v in value)):
+        if not (isinstance(value, list | tuple) and len(value) == 2 and all(is_number(v) for v in value)):
             raise ConfigError(field, f"must be a number s (range [1-s, 1+s]) or [low, high], got {value!r}")
         low, high = float(value[0]), float(value[1])
         if not 0 < low <= high:
             raise ConfigError(field, f"needs 0 < low <= high, got {value!r}")
         return [low, high]
-    if not _number(value) or value < 0:
+    if not is_number(value) or value < 0:
         raise ConfigError(field, f"must be a non-negative number, got {value!r}")
     if key in ("hflip", "vflip", "p", "translate", "brightness", "contrast") and value > 1:
         raise ConfigError(field, f"must be between 0 and 1, got {value!r}")
@@ -302,14 +302,10 @@ def _check_knob(key: str, value: Any) -> Any:
 
 
 def _check_fraction_or_size(key: str, value: Any) -> float:
-    if not _number(value) or value < 0 or (key == "min_visibility" and value > 1):
+    if not is_number(value) or value < 0 or (key == "min_visibility" and value > 1):
         allowed = "between 0 and 1" if key == "min_visibility" else "a non-negative number of pixels"
         raise ConfigError(f"{FIELD}.{key}", f"must be {allowed}, got {value!r}")
     return float(value)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _preset_transforms(task: str, knobs: dict[str, Any]) -> list[Any]:

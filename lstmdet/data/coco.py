@@ -47,6 +47,7 @@ from lstmdet.boxes import clip_boxes
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, image_size
 from lstmdet.errors import LstmdetError
 from lstmdet.fileio import atomic_write_json
+from lstmdet.options import is_int, is_number
 
 #: Boxes may reach this many pixels outside the image before a clipping warning is given.
 CLIP_TOLERANCE = 0.5
@@ -128,10 +129,6 @@ class CocoData:
         return [int(c["id"]) for c in self.categories]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _entries(data: dict, key: str, path: Path, required: bool = True) -> list:
     if key not in data:
         if required:
@@ -178,19 +175,19 @@ def load_coco(json_path: str | os.PathLike, images_dir: str | os.PathLike | None
     image_ids: set[int] = set()
     for i, img in enumerate(images):
         where = f"COCO file {path}: images[{i}]"
-        if not _is_int(img.get("id")) or img["id"] in image_ids:
+        if not is_int(img.get("id")) or img["id"] in image_ids:
             raise DataFormatError(f"{where}: 'id' must be an integer unique among images, got {img.get('id')!r}")
         if not isinstance(img.get("file_name"), str) or not img["file_name"]:
             raise DataFormatError(f"{where}: 'file_name' must be a non-empty string")
         for key in ("width", "height"):
-            if key in img and not (_is_int(img[key]) and img[key] > 0):
+            if key in img and not (is_int(img[key]) and img[key] > 0):
                 raise DataFormatError(f"{where}: {key!r} must be a positive integer, got {img[key]!r}")
         image_ids.add(img["id"])
 
     categories = _entries(data, "categories", path)
     cat_ids: set[int] = set()
     for i, cat in enumerate(categories):
-        if not _is_int(cat.get("id")) or cat["id"] in cat_ids or not isinstance(cat.get("name"), str):
+        if not is_int(cat.get("id")) or cat["id"] in cat_ids or not isinstance(cat.get("name"), str):
             raise DataFormatError(
                 f"COCO file {path}: categories[{i}] needs a unique integer 'id' and a string 'name', got {cat!r}"
             )
@@ -209,7 +206,7 @@ def load_coco(json_path: str | os.PathLike, images_dir: str | os.PathLike | None
         if (
             not isinstance(bbox, list)
             or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+            or not all(is_number(v) for v in bbox)
             or bbox[2] < 0
             or bbox[3] < 0
         ):
@@ -254,7 +251,7 @@ def read_yolo_names(path: str | os.PathLike) -> list[str]:
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list) and names:
         return [str(n) for n in names]
-    if isinstance(names, dict) and names and all(_is_int(k) for k in names):
+    if isinstance(names, dict) and names and all(is_int(k) for k in names):
         if sorted(names) != list(range(len(names))):
             raise DataFormatError(f"YOLO class names {path}: ids must be 0..{len(names) - 1} without gaps")
         return [str(names[k]) for k in range(len(names))]

@@ -8,7 +8,8 @@ once (see :mod:`lstmdet.engine.writers`), and the other files are derived from i
 Loader processes. ``workers=None`` (the default) chooses for the machine
 (:meth:`DetectOptions.loader_workers`): on CPU none where it has 2 or fewer cores (decoding in this
 process, between batches, is faster there than processes competing with the model's threads for
-the cores), else ``min(4, cores // 2)``; on CUDA ``min(8, cores - 1)``.
+the cores; figures in ``benchmarks/RESULTS.md``), else ``min(4, cores // 2)``; on CUDA
+``min(8, cores - 1)``.
 
 Reproducibility. A detector pads the images of a batch to a common size, so an image's detections
 depend slightly on its batch mates. (Running each padded shape as its own batch would avoid that,

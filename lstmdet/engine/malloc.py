@@ -3,10 +3,10 @@
 glibc's ``malloc`` serves blocks above a threshold (128 KiB at first) with their own ``mmap`` and
 gives them back to the system on ``free``, and it trims the heap once 128 KiB at its top are free.
 A detector allocates and frees activations of a few MB on every batch, so each batch maps fresh
-pages and faults them in again. On a 2-core machine that costs about a third of the model's
-time: the default detector runs 160 images/s in batches of 8 with the defaults against 230 with
-the thresholds below (``benchmarks/RESULTS.md``). The cost is that freed memory up to those
-thresholds stays with the process, which is then reused by the next batch.
+pages and faults them in again, which costs a large share of the model's time on CPU; the
+thresholds below avoid it (figures: ``benchmarks/RESULTS.md``, "Batch detection", the
+"Allocator" step). The cost is that freed memory up to those thresholds stays with the process,
+which is then reused by the next batch.
 
 Set ``LSTMDET_MALLOC_TUNING=0`` to leave the allocator alone. Elsewhere than glibc nothing happens.
 """

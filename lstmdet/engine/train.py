@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from lstmdet.checkpoint import read_checkpoint, save_checkpoint
-from lstmdet.config import load_config, read_yaml, set_value
+from lstmdet.config import load_config
 from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.evaluate import evaluate, headline
@@ -35,13 +35,8 @@ from lstmdet.engine.optim import build_optimizer, build_scheduler
 from lstmdet.errors import ConfigError, LstmdetError
 from lstmdet.model import LstmdetModel, build_model
 
-
-def prepare_config(config: dict[str, Any] | str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read a config (dict or YAML path), apply ``key=value`` overrides and validate it."""
-    raw = read_yaml(Path(config)) if isinstance(config, (str, Path)) else json.loads(json.dumps(config))
-    for assignment in overrides:
-        set_value(raw, assignment)
-    return load_config(raw)
+#: Former name of :func:`lstmdet.config.load_config`, still imported from here by ``workers.client``.
+prepare_config = load_config
 
 
 def _adopt_classes(cfg: dict[str, Any], dataset: Any) -> None:
@@ -104,7 +99,7 @@ class Trainer:
     """One training run into one output folder.
 
     Args:
-        cfg: A validated config (see :func:`prepare_config`) with ``data.train``.
+        cfg: A validated config (see :func:`lstmdet.config.load_config`) with ``data.train``.
         out: Output folder.
         resume: Continue from ``out/last.pt``.
     """
@@ -367,4 +362,4 @@ def train(
         overrides: ``key.path=value`` strings applied before validation.
         resume: Continue the run in ``out`` from its ``last.pt``.
     """
-    return Trainer(prepare_config(config, overrides), out, resume=resume).fit()
+    return Trainer(load_config(config, overrides), out, resume=resume).fit()

@@ -89,3 +89,30 @@ def test_validation_is_idempotent(make):
     """Checkpoints store validated configs, which are validated again when loaded."""
     once = load_config(make())
     assert load_config(once) == once
+
+
+def test_load_config_applies_overrides_to_a_file_or_a_dict_without_changing_the_dict(tmp_path):
+    import yaml
+
+    config = classify_config({"name": "lstm"})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for source in (path, str(path), config):
+        cfg = load_config(source, ["train.epochs=3", "model.encoder.hidden=8"])
+        assert cfg["train"]["epochs"] == 3 and cfg["model"]["encoder"]["hidden"] == 8
+    assert "train" not in config and "hidden" not in config["model"]["encoder"]
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
+        load_config(config, ["no-equals-sign"])
+
+
+def test_load_config_copies_a_dict_as_plain_data(tmp_path):
+    config = detect_config({"name": "identity"})
+    config["model"]["backbone"]["widths"] = (16, 32, 32)
+    config["model"]["encoder"]["levels"] = ("c2", "c3")
+    config["data"] = {"train": {"name": "coco", "annotations": tmp_path / "a.json"}}
+    cfg = load_config(config)
+    assert cfg["model"]["backbone"]["widths"] == [16, 32, 32] and cfg["model"]["encoder"]["levels"] == ["c2", "c3"]
+    assert cfg["data"]["train"]["annotations"] == str(tmp_path / "a.json")
+    config["model"]["head"]["extra"] = object()
+    with pytest.raises(LstmdetError, match=r"only mappings, lists, strings, numbers, booleans and null.*object"):
+        load_config(config)

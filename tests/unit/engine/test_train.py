@@ -11,8 +11,9 @@ from helpers import run_cli
 
 import lstmdet
 from lstmdet.checkpoint import read_checkpoint
+from lstmdet.config import load_config
 from lstmdet.engine.data import EpochSampler
-from lstmdet.engine.train import Trainer, prepare_config
+from lstmdet.engine.train import Trainer
 from lstmdet.errors import LstmdetError
 
 
@@ -76,7 +77,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     config["data"]["val"]["images"] = 32
     del config["data"]["test"]
     straight = lstmdet.train(config, tmp_path / "straight")
-    interrupted = Trainer(prepare_config(config), tmp_path / "split").fit(max_epochs=2)
+    interrupted = Trainer(load_config(config), tmp_path / "split").fit(max_epochs=2)
     assert interrupted == {"finished": False, "epoch": 2}
     assert not (tmp_path / "split" / "summary.json").exists()
     resumed = lstmdet.train(config, tmp_path / "split", resume=True)
@@ -179,7 +180,7 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     config["data"]["val"]["images"] = 32
     del config["data"]["test"]
     events: list[dict] = []
-    straight = Trainer(prepare_config(config), tmp_path / "straight").fit(on_progress=events.append)
+    straight = Trainer(load_config(config), tmp_path / "straight").fit(on_progress=events.append)
     steps = [(e["epoch"], e["step"]) for e in events if e["phase"] == "step"]
     assert steps == [(epoch, step) for epoch in (1, 2) for step in range(1, 7)]
     assert all(e["epochs"] == 2 and e["steps"] == 6 and e["loss"] > 0 for e in events)
@@ -191,7 +192,7 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     split = tmp_path / "split"
     for stop, expected in [((1, 3), (0, 3)), ((1, 6), (0, 6)), ((2, 2), (1, 2))]:
         should_stop, on_progress = _stop_after(stop)
-        result = Trainer(prepare_config(config), split, resume=(split / "last.pt").exists()).fit(
+        result = Trainer(load_config(config), split, resume=(split / "last.pt").exists()).fit(
             should_stop=should_stop, on_progress=on_progress
         )
         assert result == {"finished": False, "epoch": expected[0], "step": expected[1], "stopped": True}
@@ -201,8 +202,8 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
         assert lines == expected[0]  # no line for a partial epoch
     assert not (split / "summary.json").exists()
     with pytest.raises(LstmdetError, match=r"train\.batch_size=16"):
-        Trainer(prepare_config(config, ["train.batch_size=8"]), split, resume=True)
-    resumed = Trainer(prepare_config(config), split, resume=True).fit()
+        Trainer(load_config(config, ["train.batch_size=8"]), split, resume=True)
+    resumed = Trainer(load_config(config), split, resume=True).fit()
 
     _assert_same_training(tmp_path / "straight", split)
     assert read_checkpoint(split / "last.pt")["train_state"]["step"] == 0
@@ -216,11 +217,11 @@ def test_resume_accepts_a_checkpoint_without_step(tmp_path):
     config["data"]["train"]["images"] = 32
     config["data"]["val"]["images"] = 16
     del config["data"]["test"]
-    assert Trainer(prepare_config(config), tmp_path).fit(max_epochs=1) == {"finished": False, "epoch": 1}
+    assert Trainer(load_config(config), tmp_path).fit(max_epochs=1) == {"finished": False, "epoch": 1}
     data = torch.load(tmp_path / "last.pt", weights_only=True)
     del data["train_state"]["step"], data["train_state"]["partial"]
     torch.save(data, tmp_path / "last.pt")
-    trainer = Trainer(prepare_config(config), tmp_path, resume=True)
+    trainer = Trainer(load_config(config), tmp_path, resume=True)
     assert (trainer.epoch, trainer.step, trainer.partial["loss"]) == (1, 0, 0.0)
     assert trainer.fit()["epochs"] == 2
 
@@ -257,7 +258,7 @@ def test_resume_with_loader_processes_equals_an_uninterrupted_run(tmp_path):
     config["data"]["val"]["images"] = 16
     del config["data"]["test"]
     lstmdet.train(config, tmp_path / "straight")
-    assert Trainer(prepare_config(config), tmp_path / "split").fit(max_epochs=1) == {"finished": False, "epoch": 1}
+    assert Trainer(load_config(config), tmp_path / "split").fit(max_epochs=1) == {"finished": False, "epoch": 1}
     lstmdet.train(config, tmp_path / "split", resume=True)
     _assert_same_training(tmp_path / "straight", tmp_path / "split")
 
