@@ -35,9 +35,6 @@ from lstmdet.engine.optim import build_optimizer, build_scheduler
 from lstmdet.errors import ConfigError, LstmdetError
 from lstmdet.model import LstmdetModel, build_model
 
-#: Former name of :func:`lstmdet.config.load_config`, still imported from here by ``workers.client``.
-prepare_config = load_config
-
 
 def _adopt_classes(cfg: dict[str, Any], dataset: Any) -> None:
     """Take the training dataset's class names when the config gives none; check the count."""
