@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 
 from lstmdet.workers.app import _init_process, create_app
@@ -30,3 +33,21 @@ def test_a_pool_process_takes_its_torch_threads_from_the_environment(monkeypatch
     torch.set_num_threads(2)
     _init_process()
     assert torch.get_num_threads() == 1
+
+
+#: Run in a fresh interpreter: the app module loads no torch; the worker's main-process hook does.
+PRELOAD = """
+import sys
+from celery.signals import worker_init
+import lstmdet.workers.app as app
+
+before = "torch" in sys.modules
+worker_init.send(sender=None)  # what Celery sends in the worker's main process before the pool starts
+print(before, "torch" in sys.modules, "torchvision" in sys.modules, "lstmdet.engine.detect" in sys.modules)
+"""
+
+
+def test_the_worker_main_process_preloads_torch_but_importing_the_app_does_not():
+    done = subprocess.run([sys.executable, "-c", PRELOAD], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True", "False"]  # no model code in the main process
