@@ -21,6 +21,7 @@ def test_the_app_is_configured_from_the_settings_with_every_job_task():
     for name in TASKS:
         task = app.tasks[name]
         assert (task.acks_late, task.reject_on_worker_lost) == (True, True), name
+        assert task.max_retries is None, name  # a train job may go on in new tasks any number of times
     assert sorted(n for n in app.tasks if n.startswith("lstmdet.")) == sorted(TASKS)
 
 
