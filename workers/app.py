@@ -1,8 +1,9 @@
 """The Celery app: ``celery --app lstmdet.workers.app:app worker`` (what ``lstmdet worker`` runs).
 
 The app is configured from the environment (:mod:`lstmdet.workers.settings`) when this module is
-imported. The worker's main process stays light: it imports no model code and never touches CUDA;
-each pool process imports the engine when it starts (:func:`_init_process`), sets its torch
+imported; importing it loads no torch (the job client uses it to publish). The worker's main
+process stays light: it imports torch (:func:`_preload_torch`) but no model code and never touches
+CUDA; each pool process imports the engine when it starts (:func:`_init_process`), sets its torch
 threads from ``LSTMDET_TORCH_THREADS`` and then keeps its models cached between tasks.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from lstmdet.workers.settings import Settings, celery_config
 
@@ -26,6 +27,19 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     register_tasks(app)
     return app
+
+
+@worker_init.connect
+def _preload_torch(**_: object) -> None:
+    """In the worker's main process, before its pool starts: import torch, so pool processes fork with it loaded.
+
+    A pool process that imported torch itself would take seconds to start on a busy machine, and
+    Celery kills a pool process that does not report within ``worker_proc_alive_timeout`` (4 s),
+    so a pool process replacing one that died (a poison job, out of memory) might never come up.
+    Importing torch initialises no CUDA device.
+    """
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
 
 
 @worker_process_init.connect

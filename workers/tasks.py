@@ -336,6 +336,11 @@ TASKS: dict[str, Callable[..., Any]] = {
 
 
 def register_tasks(app: Celery) -> None:
-    """Register the job tasks on ``app`` (bound: each function receives the task first)."""
+    """Register the job tasks on ``app`` (bound: each function receives the task first).
+
+    ``max_retries=None``: a train job goes on in a new task (a retry) each time it reaches the soft
+    time limit, as often as it needs; Celery's default would fail it at the fourth piece
+    (``task.retry(max_retries=None)`` means "the task's default", 3, not "no limit").
+    """
     for name, fn in TASKS.items():
-        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)(fn)
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(fn)
