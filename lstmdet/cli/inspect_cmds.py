@@ -61,20 +61,29 @@ def run_model(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"task: {info['task']}  classes: {info['classes']}  input: {tuple(info['input'])} (T, 3, H, W)")
+    print(f"task: {info['task']}  classes: {info['classes']}  input: {format_shape(info['input'])} (T, 3, H, W)")
     _table(
         [{**p, "params": f"{p['params']:,}", "options": json.dumps(p["options"])} for p in info["parts"]],
         ["part", "component", "plugin", "params", "options"],
     )
     print(f"parameters: {info['params']:,}")
     for level, shapes in info["levels"].items():
-        enc = f" -> encoder {tuple(shapes['encoder'])}" if "encoder" in shapes else ""
+        steps = [f"{part} {format_shape(shapes[part])}" for part in ("backbone", "neck", "encoder") if part in shapes]
         used = " -> head" if level in info["head_levels"] else ""
-        print(f"level {level}: backbone {tuple(shapes['backbone'])}{enc}{used}")
-    print("output per image: " + ", ".join(f"{k} {tuple(v)}" for k, v in info["output"].items()))
+        print(f"level {level}: {' -> '.join(steps)}{used}")
+    print("output per image: " + ", ".join(f"{k} {format_shape(v)}" for k, v in info["output"].items()))
     flops = info["flops_per_image"]
     print("GFLOPs per image: " + ", ".join(f"{k} {v / 1e9:.3f}" for k, v in flops.items()))
     return 0
+
+
+def format_shape(dims: list[int | str]) -> str:
+    """A shape as docs write it: ``[32, 8, 8]`` -> ``(32, 8, 8)``, ``["K", 4]`` -> ``(K, 4)``, ``["K"]`` -> ``(K,)``.
+
+    Args:
+        dims: Sizes, or names such as ``"K"`` for a size known only at run time.
+    """
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
