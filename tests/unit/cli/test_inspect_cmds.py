@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from lstmdet.cli.inspect_cmds import format_shape
@@ -59,3 +61,61 @@ def test_shapes_read_as_in_the_docs():
     assert format_shape(["K"]) == "(K,)"
     assert format_shape([1, 3, 64, 64]) == "(1, 3, 64, 64)"
     assert format_shape([]) == "()"
+
+
+def _options(text: str) -> dict[str, tuple[str, str]]:
+    """``{option: (default, type)}`` from the table of ``lstmdet plugins NAME``."""
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("OPTION "))
+    starts = [lines[header].index(column) for column in ("DEFAULT", "TYPE")]
+    return {
+        line[: starts[0]].strip(): (line[starts[0] : starts[1]].strip(), line[starts[1] :].strip())
+        for line in lines[header + 1 :]
+    }
+
+
+def test_plugins_name_shows_a_heads_task_and_its_options_with_defaults(capsys):
+    assert main(["plugins", "fcos"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("head fcos (plugin heads_detection, lstmdet ")
+    assert "\ntask: detect\n" in out
+    assert "set by lstmdet: in_channels, num_classes (from model.head.num_classes), feature_info\n" in out
+    options = _options(out)
+    assert options["score_thresh"] == ("0.2", "float")
+    assert options["norm"] == ("group", "str")
+    assert options["anchor_offsets"] == ("[[0.0, 0.0]]", "Sequence[Sequence[float]]")
+    assert not {"in_channels", "num_classes", "feature_info"} & set(options)
+
+    assert main(["plugins", "classifier"]) == 0
+    out = capsys.readouterr().out
+    assert "\ntask: classify\n" in out and _options(out)["pool"] == ("mean", "str")
+
+
+def test_plugins_name_shows_required_options_and_components_without_options(capsys):
+    assert main(["plugins", "coco"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dataset coco ") and "\ntask: detect\n" in out
+    assert _options(out)["annotations"] == ("(required)", "str | os.PathLike")
+    assert _options(out)["images"][0] == "null"
+    assert main(["plugins", "identity"]) == 0
+    out = capsys.readouterr().out
+    assert "task:" not in out and "options: none" in out
+
+
+def test_plugins_name_json(capsys):
+    assert main(["plugins", "bilstm", "--json"]) == 0
+    (info,) = json.loads(capsys.readouterr().out)
+    assert (info["kind"], info["name"], info["plugin"], info["task"]) == ("encoders", "bilstm", "encoders_lstm", None)
+    assert info["options"][0] == {"name": "hidden", "required": False, "default": 64, "type": "int"}
+
+
+def test_an_unknown_name_is_one_line_with_the_close_names(capsys):
+    assert main(["plugins", "lstn"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "lstmdet plugins: error: no component named 'lstn'; did you mean lstm, bilstm, convlstm? "
+        "`lstmdet plugins` lists them all\n"
+    )
+    assert main(["plugins", "zzz"]) == 2
+    assert "did you mean" not in capsys.readouterr().err
