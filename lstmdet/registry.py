@@ -28,6 +28,8 @@ from lstmdet.errors import ConfigError, DuplicateComponentError, LstmdetError, U
 
 KINDS: tuple[str, ...] = ("backbones", "encoders", "heads", "datasets")
 SINGULAR = {"backbones": "backbone", "encoders": "encoder", "heads": "head", "datasets": "dataset"}
+#: Positional arguments of the factory contracts (see the module docstring), not config options.
+CONTRACT_ARGS: tuple[str, ...] = ("in_channels", "num_classes")
 #: Keyword arguments that model assembly supplies to a factory that names them (not config options):
 #: a head's ``feature_info``, the ``FeatureInfo(name, channels, stride)`` of each level it reads.
 ASSEMBLY_ARGS: tuple[str, ...] = ("feature_info",)
@@ -51,9 +53,54 @@ class Entry:
 
     def options(self) -> list[str]:
         """Names of the keyword options the factory accepts (positional contract args excluded)."""
-        skip = {"in_channels", "num_classes", "self", *ASSEMBLY_ARGS}
-        params = inspect.signature(self.factory).parameters.values()
-        return [p.name for p in params if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return [option.name for option in self.option_details()]
+
+    def option_details(self) -> list[Option]:
+        """The options a config may set, from the factory's signature, in signature order.
+
+        The contract arguments (``in_channels``, ``num_classes``) and what assembly supplies
+        (:data:`ASSEMBLY_ARGS`) are left out; see :meth:`given_by_lstmdet`.
+        """
+        skip = {*CONTRACT_ARGS, "self", *ASSEMBLY_ARGS}
+        return [
+            Option(p.name, p.default is p.empty, None if p.default is p.empty else p.default, _annotation(p))
+            for p in inspect.signature(self.factory).parameters.values()
+            if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def given_by_lstmdet(self) -> list[str]:
+        """Parameters of the factory that lstmdet fills in itself (contract and assembly arguments)."""
+        names = inspect.signature(self.factory).parameters
+        return [name for name in (*CONTRACT_ARGS, *ASSEMBLY_ARGS) if name in names]
+
+    @property
+    def task(self) -> str | None:
+        """``classify`` or ``detect`` for a head or dataset whose factory declares ``task``, else None."""
+        task = getattr(self.factory, "task", None)
+        return task if isinstance(task, str) else None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a component's factory.
+
+    Attributes:
+        name: The key in a config section.
+        required: The factory has no default for it.
+        default: Its default (None when required).
+        annotation: The type as written in the signature (``""`` when unannotated).
+    """
+
+    name: str
+    required: bool
+    default: Any
+    annotation: str
+
+
+def _annotation(param: inspect.Parameter) -> str:
+    if param.annotation is param.empty:
+        return ""
+    return param.annotation if isinstance(param.annotation, str) else inspect.formatannotation(param.annotation)
 
 
 class Registrar:

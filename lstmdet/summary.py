@@ -47,8 +47,10 @@ def describe_model(model: nn.Module, *, frames: int = 1) -> dict[str, Any]:
 
     Returns:
         A JSON-serialisable dict: ``parts`` (part, component, plugin, options, params),
-        ``params``, ``input`` ``[T, 3, H, W]``, ``levels`` (per level: backbone and encoder output
-        ``[C, h, w]``), ``output`` and ``flops_per_image`` (per part and total).
+        ``params``, ``input`` ``[T, 3, H, W]``, ``levels`` (per level: the ``[C, h, w]`` output of
+        ``backbone``, of the ``neck`` and of the ``encoder`` when they run on it), ``head_levels``
+        (the levels the head reads), ``output`` (per-image shapes; ``"K"`` is the number of
+        detections) and ``flops_per_image`` (per part and total).
     """
     registry = current_registry()
     spec = model.config["model"]
@@ -72,6 +74,8 @@ def describe_model(model: nn.Module, *, frames: int = 1) -> dict[str, Any]:
     flops_neck = 0
     if model.neck is not None:
         feats, flops_neck = _counted(model.neck, OrderedDict(feats))
+        for name, f in feats.items():
+            levels[name]["neck"] = list(f.shape[1:])
     flops_encoder = 0
     for level, encoder in model.encoders.items():
         f = feats[level].view(1, frames, *feats[level].shape[1:])

@@ -27,6 +27,8 @@ from lstmdet.workers.settings import QUEUES, Settings
 from lstmdet.workers.specs import DEFAULT_SHARD_SIZE, validate_spec
 from lstmdet.workers.store import FINAL, JobStore, explain
 
+#: Seconds :meth:`JobClient.listening` waits for workers to answer.
+LISTEN_TIMEOUT = 1.0
 #: Task that starts each kind of job.
 FIRST_TASK = {"train": "lstmdet.train", "detect": "lstmdet.detect", "eval": "lstmdet.eval"}
 
@@ -191,6 +193,23 @@ class JobClient:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {record['state']} after {timeout} s")
             time.sleep(poll)
+
+    def listening(self, queue: str, *, timeout: float = LISTEN_TIMEOUT) -> bool | None:
+        """Whether a live worker consumes ``queue``: asked over Celery's control channel.
+
+        Every worker answers ``inspect().active_queues()`` from its main process, also while its
+        pool processes are busy with long tasks. The call takes ``timeout`` seconds when any worker
+        (or none) may still answer.
+
+        Returns:
+            True when some worker consumes ``queue``, False when none answered with it, None when
+            the broker could not be asked.
+        """
+        try:
+            replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
+        except Exception:  # kombu's OperationalError and friends: cannot tell
+            return None
+        return any(q.get("name") == queue for queues in replies.values() for q in (queues or ()))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Ask the job to stop; a queued job ends at once, a running one at its next batch or step."""

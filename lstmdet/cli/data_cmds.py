@@ -95,6 +95,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Build the generated dataset through the registry and write it as COCO."""
     from lstmdet.data.coco import write_coco_dataset
+    from lstmdet.engine.progress import progress
     from lstmdet.manager import current_registry
 
     options: dict[str, Any] = {"seed": args.seed, "size": args.size, "split": args.split}
@@ -106,7 +107,9 @@ def run_generate(args: argparse.Namespace) -> int:
         dataset = current_registry().create("datasets", args.dataset, **options)
     except ValueError as exc:
         raise LstmdetError(f"{args.dataset}: {exc}") from None
-    summary = write_coco_dataset(dataset, args.out, image_format=args.format)
+    unit = "images" if args.dataset == "digits_det" else "clips"
+    with progress(total=len(dataset), desc=args.dataset.replace("_", "-"), unit=unit) as bar:
+        summary = write_coco_dataset(dataset, args.out, image_format=args.format, on_item=bar.update)
     videos = f" in {summary['videos']} clips" if summary["videos"] else ""
     print(
         f"wrote {summary['images']} images{videos} with {summary['annotations']} boxes "

@@ -105,6 +105,19 @@ def _show(record: dict[str, Any], as_json: bool) -> None:
         print(f"  result: {json.dumps(result, default=str)}")
 
 
+def worker_command(queue: str) -> str:
+    """The command that starts a worker on ``queue``."""
+    return "lstmdet worker --gpus 0" if queue == "gpu" else f"lstmdet worker --queues {queue}"
+
+
+def _warn_if_unserved(client: Any, record: dict[str, Any]) -> None:
+    """On stderr: a queued job whose queue no live worker consumes will wait forever; say so."""
+    if record["state"] == "queued" and client.listening(record["queue"]) is False:
+        queue = record["queue"]
+        print(f"lstmdet: job {record['id']} is queued, but no worker is listening on queue '{queue}': start one "
+              f"with `{worker_command(queue)}`", file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _ended(record: dict[str, Any]) -> int:
     return 0 if record["state"] == "succeeded" else 1
 
@@ -121,7 +134,14 @@ def run_submit(args: argparse.Namespace) -> int:
     else:
         job = client.submit_eval(args.weights, data=parse_data(args.data), out=args.out, batch_size=args.batch_size,
                                  device=args.device, queue=args.queue)  # fmt: skip
-    print(job, flush=True)
+    print(job, flush=True)  # alone on the first line of stdout: scripts read it
+    record = client.status(job)
+    if args.wait:
+        step = f"waiting for it (Ctrl-C stops the waiting, `lstmdet jobs cancel {job}` the job)"
+    else:
+        step = f"follow it: `lstmdet jobs status {job}` or `lstmdet jobs wait {job}`"
+    print(f"lstmdet: job queued on queue '{record['queue']}'; {step}", file=sys.stderr, flush=True)
+    _warn_if_unserved(client, record)
     if not args.wait:
         return 0
     record = client.wait(job)
@@ -137,15 +157,20 @@ def run_jobs(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(records, indent=2, default=str))
             return 0
+        if not records:
+            print("no jobs (queue one with `lstmdet submit`)")
         for r in records:
             print(
                 f"{r['id']}  {r['kind']:6}  {r['queue']:3}  {r['state']:9}  {_when(r.get('created'))}  {_progress(r)}"
             )
         return 0
     if args.action == "status":
-        _show(client.status(args.id), args.json)
+        record = client.status(args.id)
+        _show(record, args.json)
+        _warn_if_unserved(client, record)
         return 0
     if args.action == "wait":
+        _warn_if_unserved(client, client.status(args.id))
         try:
             record = client.wait(args.id, timeout=args.timeout)
         except TimeoutError as exc:

@@ -26,6 +26,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     add_eval_arguments(p)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run_eval)
 
 
@@ -77,8 +78,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from lstmdet.engine.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(
-        args.weights, data=parse_data(args.data), batch_size=args.batch_size, workers=args.workers, device=args.device
-    )
+        args.weights, data=parse_data(args.data), batch_size=args.batch_size, workers=args.workers,
+        device=args.device, progress=not args.quiet,
+    )  # fmt: skip
     text = json.dumps(metrics, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -485,7 +486,13 @@ def _frame_annotations(target: dict[str, Any], where: str) -> tuple[np.ndarray, 
     return boxes, labels
 
 
-def write_coco_dataset(dataset: Any, out_dir: str | os.PathLike, *, image_format: str = "png") -> dict[str, Any]:
+def write_coco_dataset(
+    dataset: Any,
+    out_dir: str | os.PathLike,
+    *,
+    image_format: str = "png",
+    on_item: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Write a detection dataset (still images or clips) as image files plus ``annotations.json``.
 
     Layout: ``out_dir/images/000001.png`` per still image, or ``out_dir/images/000001/000.png`` per
@@ -499,6 +506,7 @@ def write_coco_dataset(dataset: Any, out_dir: str | os.PathLike, *, image_format
             {"frames": [{"boxes", "labels", "track_ids"?}, ...]})``.
         out_dir: Output folder (created).
         image_format: ``"png"`` (lossless, default) or ``"jpg"``.
+        on_item: Called after each dataset item (image or clip) is written, e.g. to show progress.
 
     Returns:
         Summary ``{"out", "json", "images", "annotations", "videos", "categories"}``.
@@ -557,6 +565,8 @@ def write_coco_dataset(dataset: Any, out_dir: str | os.PathLike, *, image_format
                 add_image(array[t], name, frame_target, f"{where} frame {t}", video_id=video_id, frame_index=t)
         else:
             add_image(array, f"{len(images) + 1:06d}.{ext}", target, where)
+        if on_item is not None:
+            on_item()
 
     data: dict[str, Any] = {
         "info": _info(f"written by lstmdet from {type(dataset).__name__}"),

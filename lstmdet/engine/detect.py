@@ -42,12 +42,12 @@ from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from lstmdet.data.images import DEFAULT_MAX_PIXELS
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.malloc import keep_freed_memory
+from lstmdet.engine.progress import progress as progress_display
 from lstmdet.engine.writers import (
     DETECTIONS,
     OPTIONS,
@@ -525,7 +525,7 @@ def _process(
     writer = JsonlAppender(jsonl, keep)
     drawer = AnnotatedImageWriter(out) if save_images else None
     kept = sum(name in done for name in inputs.names)
-    bar = tqdm(total=len(inputs.names), initial=kept, unit="img", desc="detect", disable=not progress, smoothing=0.1)
+    bar = progress_display(total=len(inputs.names), initial=kept, unit="images", desc="detect", enabled=progress)
     written = 0
     try:
         for batch in batches(loader):

@@ -16,15 +16,26 @@ from torch import nn
 from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader, readable
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.metrics import classification_metrics, coco_detection_metrics
+from lstmdet.engine.progress import progress as progress_display
 from lstmdet.errors import LstmdetError
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, dataset: AugmentedDataset, *, batch_size: int = 16, workers: int = 0) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, dataset: AugmentedDataset, *, batch_size: int = 16, workers: int = 0, progress: bool = False
+) -> dict[str, Any]:
     """Score ``model`` on every item of ``dataset`` (an eval-split :class:`AugmentedDataset`).
 
     Files that cannot be read are left out, never replaced by another item: the metrics cover the
     readable ones, ``skipped`` counts the others and a warning names them.
+
+    Args:
+        model: The model to score.
+        dataset: The items, in order.
+        batch_size: Items (images or clips) per batch.
+        workers: DataLoader worker processes.
+        progress: Show progress over the items (images or clips) on stderr (see
+            :mod:`lstmdet.engine.progress`).
 
     Returns:
         Classification: ``accuracy``, ``precision`` / ``recall`` per class, ``confusion``.
@@ -37,18 +48,21 @@ def evaluate(model: nn.Module, dataset: AugmentedDataset, *, batch_size: int = 1
     truths: list[Any] = []
     predictions: list[dict[str, torch.Tensor]] = []
     skipped: set[str] = set(getattr(dataset.dataset, "skipped_files", {}))  # refused at construction
-    for images, targets in loader:
-        images, targets, unreadable = readable(images, targets)
-        skipped.update(unreadable)
-        if not images:
-            continue
-        outputs = model.predict(images)
-        if outputs and isinstance(outputs[0], list):  # clips: one list of frames per clip
-            outputs = [frame for clip in outputs for frame in clip]
-        frames = [f for item in images for f in (item if item.dim() == 4 else [item])]
-        predictions.extend(outputs)
-        for frame, target in zip(frames, targets, strict=True):
-            truths.append({**target, "height": frame.shape[-2], "width": frame.shape[-1]})
+    bar = progress_display(total=len(dataset), desc="eval", unit="items", enabled=progress)
+    with bar:
+        for images, targets in loader:
+            items = len(images)
+            images, targets, unreadable = readable(images, targets)
+            skipped.update(unreadable)
+            if images:
+                outputs = model.predict(images)
+                if outputs and isinstance(outputs[0], list):  # clips: one list of frames per clip
+                    outputs = [frame for clip in outputs for frame in clip]
+                frames = [f for item in images for f in (item if item.dim() == 4 else [item])]
+                predictions.extend(outputs)
+                for frame, target in zip(frames, targets, strict=True):
+                    truths.append({**target, "height": frame.shape[-2], "width": frame.shape[-1]})
+            bar.update(items)
     model.train(was_training)
     if skipped:
         shown = ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
@@ -81,6 +95,7 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     workers: int = 0,
     device: str = "auto",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """``lstmdet eval``: load a checkpoint and score it on a dataset.
 
@@ -91,6 +106,7 @@ def evaluate_checkpoint(
         batch_size: Images (clips) per batch.
         workers: DataLoader worker processes.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+        progress: Show progress over the items on stderr.
     """
     from lstmdet.checkpoint import load_model
 
@@ -103,4 +119,4 @@ def evaluate_checkpoint(
     dataset = AugmentedDataset(
         build_dataset(data, "data"), task=model.task, split="eval", augment=config["data"].get("augment"), seed=0
     )
-    return evaluate(model, dataset, batch_size=batch_size, workers=workers)
+    return evaluate(model, dataset, batch_size=batch_size, workers=workers, progress=progress)

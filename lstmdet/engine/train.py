@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lstmdet.checkpoint import read_checkpoint, save_checkpoint
 from lstmdet.config import load_config
@@ -32,6 +31,7 @@ from lstmdet.engine.device import resolve_device
 from lstmdet.engine.evaluate import evaluate, headline
 from lstmdet.engine.logs import append_jsonl, plot_curves, read_jsonl, write_csv
 from lstmdet.engine.optim import build_optimizer, build_scheduler
+from lstmdet.engine.progress import progress
 from lstmdet.errors import ConfigError, LstmdetError
 from lstmdet.model import LstmdetModel, build_model
 
@@ -203,9 +203,9 @@ class Trainer:
         self.loader.sampler.set_epoch(self.epoch, start=self.step * batch_size)
         total_loss, images_seen, before = self.partial["loss"], self.partial["images"], self.partial["seconds"]
         start = time.perf_counter()
-        bar = tqdm(
-            self.loader, desc=f"epoch {self.epoch + 1}/{self.tcfg['epochs']}", unit="batch", initial=self.step,
-            total=self.steps, disable=not self.tcfg["progress"], leave=False, dynamic_ncols=True,
+        bar = progress(
+            self.loader, desc=f"epoch {self.epoch + 1}/{self.tcfg['epochs']}", unit="batches", initial=self.step,
+            total=self.steps, enabled=self.tcfg["progress"], leave=False,
         )  # fmt: skip
         for images, targets in bar:
             images, targets = _to_device(images, targets, self.device)

@@ -21,6 +21,7 @@ import json
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -212,33 +213,141 @@ def annotated_path(out: Path, file: str) -> Path:
     return out / ANNOTATED / (file if suffix in (".jpg", ".jpeg", ".png") else f"{file}.png")
 
 
+@dataclass(frozen=True)
+class Label:
+    """Where :func:`draw_detections` writes one detection's label.
+
+    Attributes:
+        text: The label (``"cat 0.91"``; only the class name, or a cut one, when space is short).
+        box: ``(left, top, right, bottom)`` pixels of its background, right and bottom exclusive:
+            inside the image and disjoint from every other label's box.
+        colour: RGB of the background (the class colour); the text is black or white, whichever reads.
+    """
+
+    text: str
+    box: tuple[int, int, int, int]
+    colour: tuple[int, int, int]
+
+
+def label_font(width: int, height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The label font for a ``width`` x ``height`` image: about 1/40 of its shorter side, at least 8 px."""
+    return _font(max(8, round(min(width, height) / 40)))
+
+
+def _outline(det: dict[str, Any], width: int, height: int) -> tuple[float, float, float, float]:
+    """A detection's box outline in pixels, inside the image (boxes touching the right or bottom edge end at W or H)."""
+    x, y, w, h = det["bbox"]
+    x1, y1, x2, y2 = clip_boxes([[x, y, x + w, y + h]], width - 1, height - 1)[0].tolist()
+    return x1, y1, max(x2, x1), max(y2, y1)
+
+
+def _fit_text(det: dict[str, Any], font: Any, width: int) -> tuple[str, int, int] | None:
+    """``(text, w, h)``: the first of ``"class score"``, ``"class"``, a cut class name whose box fits ``width``."""
+    name = str(det["category"])
+    for text in (f"{name} {det['score']:.2f}", name, *(name[:n] for n in range(len(name) - 1, 0, -1))):
+        left, top, right, bottom = font.getbbox(text)
+        text_w, text_h = right - left + 2, bottom - top + 2
+        if text_w <= width:
+            return text, text_w, text_h
+    return None
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _place(
+    outline: tuple[float, float, float, float], size: tuple[int, int], image: tuple[int, int],
+    taken: list[tuple[int, int, int, int]],
+) -> tuple[int, int, int, int]:  # fmt: skip
+    """The first spot for a ``size`` label near ``outline`` that no ``taken`` box overlaps.
+
+    Tried in order: above the box's top-left corner, inside its top, below it, inside its bottom
+    (left-aligned, then right-aligned), then stacked further down and up from above the box. All
+    spots are moved inside the image; when none is free, the one overlapping least is used.
+    """
+    (x1, y1, x2, y2), (w, h), (width, height) = outline, size, image
+    lefts = [round(x1), round(x2) + 1 - w]
+    tops = [round(y1) - h, round(y1), round(y2) + 1, round(y2) + 1 - h]
+    spots = [(left, top) for left in lefts for top in tops]
+    steps = range(1, height // max(h, 1) + 2)
+    spots += [(left, tops[0] + sign * k * h) for k in steps for left in lefts for sign in (1, -1)]
+    boxes = []
+    for left, top in spots:
+        left, top = min(max(left, 0), width - w), min(max(top, 0), height - h)
+        box = (left, top, left + w, top + h)
+        if not any(_overlaps(box, other) for other in taken):
+            return box
+        boxes.append(box)
+    return min(boxes, key=lambda b: sum(_overlap_area(b, other) for other in taken))
+
+
+def _overlap_area(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def layout_labels(
+    detections: Sequence[dict[str, Any]], width: int, height: int, font: Any | None = None
+) -> list[Label | None]:
+    """Where the labels of ``detections`` go on a ``width`` x ``height`` image (see :func:`draw_detections`).
+
+    Labels are placed best detection first (the list order), each above its box's top-left corner
+    when that is free, else at the first free spot among inside the box's top, below the box,
+    inside its bottom, right-aligned, then stacked away from the box. Every label stays inside the
+    image; a label wider than the image keeps only the class name, cut if needed.
+
+    Args:
+        detections: ``detections.jsonl`` entries, best first.
+        width: Image width in pixels.
+        height: Image height.
+        font: The font (default :func:`label_font` for the image).
+
+    Returns:
+        One :class:`Label` per detection, or None where the image is too small for any text.
+    """
+    font = label_font(width, height) if font is None else font
+    taken: list[tuple[int, int, int, int]] = []
+    labels: list[Label | None] = []
+    for det in detections:
+        fitted = _fit_text(det, font, width)
+        if fitted is None or fitted[2] > height:
+            labels.append(None)
+            continue
+        text, text_w, text_h = fitted
+        box = _place(_outline(det, width, height), (text_w, text_h), (width, height), taken)
+        taken.append(box)
+        labels.append(Label(text, box, _PALETTE[det["category_id"] % len(_PALETTE)]))
+    return labels
+
+
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]]) -> Image.Image:
     """Boxes, class names and scores drawn on a copy of ``image``.
+
+    The font scales with the image; each label has a background in its class colour and stays
+    inside the image, and labels never cover each other (:func:`layout_labels` places them).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         detections: ``detections.jsonl`` entries (``bbox`` ``[x, y, w, h]``, ``score``,
-            ``category_id``, ``category``).
+            ``category_id``, ``category``), best first.
     """
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    line = max(1, round(min(canvas.size) / 300))
-    font = _font(max(10, round(min(canvas.size) / 40)))
     width, height = canvas.size
+    line = max(1, round(min(width, height) / 300))
+    font = label_font(width, height)
     for det in reversed(detections):  # best on top
-        x, y, w, h = det["bbox"]
-        # boxes touching the right or bottom edge end at W or H: keep their outline inside the image
-        x1, y1, x2, y2 = clip_boxes([[x, y, x + w, y + h]], width - 1, height - 1)[0].tolist()
-        x2, y2 = max(x2, x1), max(y2, y1)
         colour = _PALETTE[det["category_id"] % len(_PALETTE)]
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
-        label = f"{det['category']} {det['score']:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        text_w, text_h = right - left + 2, bottom - top + 2
-        tx = min(x1, max(width - text_w, 0))
-        ty = y1 - text_h if y1 - text_h >= 0 else y1
-        draw.rectangle((tx, ty, tx + text_w, ty + text_h), fill=colour)
-        draw.text((tx + 1 - left, ty + 1 - top), label, fill=(0, 0, 0), font=font)
+        draw.rectangle(_outline(det, width, height), outline=colour, width=line)
+    for label in layout_labels(detections, width, height, font):
+        if label is None:
+            continue
+        left, top, right, bottom = label.box
+        draw.rectangle((left, top, right - 1, bottom - 1), fill=label.colour)
+        text_left, text_top, _, _ = font.getbbox(label.text)
+        dark = 0.299 * label.colour[0] + 0.587 * label.colour[1] + 0.114 * label.colour[2] < 128
+        draw.text((left + 1 - text_left, top + 1 - text_top), label.text, fill=(255,) * 3 if dark else (0,) * 3,
+                  font=font)  # fmt: skip
     return canvas
 
 

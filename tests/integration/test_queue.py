@@ -121,6 +121,13 @@ def test_queued_detect_equals_in_process(queue, scenes, reference):
     assert status.returncode == 0 and "succeeded" in status.stdout and "shards 7/7" in status.stdout
 
 
+def test_a_live_worker_is_seen_listening_on_its_queue_only(queue, scenes):
+    assert queue.client.listening("cpu") is True
+    assert queue.client.listening("gpu") is False
+    done = run_cli("submit", "eval", "--weights", str(scenes.parent / "none.pt"), "--queue", "cpu", env=queue.env)
+    assert done.returncode == 0 and "follow it" in done.stderr and "no worker" not in done.stderr, done.stderr
+
+
 def test_paths_outside_the_roots_are_refused_at_submit_and_by_the_worker(queue, scenes, tmp_path):
     done = run_cli("submit", "detect", str(tmp_path), "--out", str(scenes.parent / "x"), env=queue.env)
     assert done.returncode == 2 and "outside the allowed data roots" in done.stderr

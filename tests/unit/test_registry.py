@@ -11,7 +11,7 @@ import lstmdet
 from lstmdet import hookimpl
 from lstmdet.errors import DuplicateComponentError, LstmdetError, UnknownComponentError
 from lstmdet.manager import DEFAULT_PLUGINS, build_plugin_manager, build_registry, current_registry
-from lstmdet.registry import KINDS, ComponentRegistry, Registrar
+from lstmdet.registry import KINDS, ComponentRegistry, Entry, Option, Registrar
 
 
 def _factory(in_channels: int, *, hidden: int = 8) -> dict:
@@ -149,3 +149,17 @@ def test_assembly_arguments_reach_only_factories_that_name_them_and_never_come_f
             "heads", {"name": "fcos", "feature_info": []}, "model.head", 32, 2, context={"feature_info": levels}
         )
     assert "feature_info" not in registry.get("heads", "fcos").options()
+
+
+def test_entries_describe_their_options_and_task():
+    def head(in_channels, num_classes, *, feature_info=None, depth: int = 2, mode="a"):
+        return None
+
+    entry = Entry("heads", "plain", head, "third_party")
+    assert entry.option_details() == [Option("depth", False, 2, "int"), Option("mode", False, "a", "")]
+    assert entry.options() == ["depth", "mode"]
+    assert entry.given_by_lstmdet() == ["in_channels", "num_classes", "feature_info"]
+    assert entry.task is None  # a plain function declares no task
+    head.task = "detect"
+    assert entry.task == "detect"
+    assert Entry("datasets", "d", lambda root, n=3: None, "p").option_details()[0] == Option("root", True, None, "")

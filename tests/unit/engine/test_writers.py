@@ -20,6 +20,7 @@ from lstmdet.engine.writers import (
     detection_record,
     draw_detections,
     finalize,
+    layout_labels,
     read_done,
 )
 from lstmdet.errors import LstmdetError
@@ -193,3 +194,41 @@ def test_a_copy_that_cannot_be_written_says_what_to_do(tmp_path):
     writer.submit("a.png", torch.zeros(3, 8, 8), [])
     with pytest.raises(LstmdetError, match=r"cannot write an annotated image under .*run without --save-images"):
         writer.close()
+
+
+def test_labels_on_a_small_image_stay_inside_and_never_cover_each_other():
+    image = np.full((96, 96, 3), 128, dtype=np.uint8)
+    detections = [
+        det(2, 2, 20, 30, 0.95, 0),  # at the top edge: no room above
+        det(4, 4, 20, 30, 0.90, 1),  # nearly the same box
+        det(30, 10, 18, 28, 0.85, 2),  # a neighbour whose label would reach over the first ones
+        det(80, 40, 16, 30, 0.80, 0),  # at the right edge: the label cannot start at the box
+        det(40, 70, 20, 26, 0.75, 1),  # at the bottom edge
+    ]
+    labels = layout_labels(detections, 96, 96)
+    boxes = [label.box for label in labels]
+    for i, (left, top, right, bottom) in enumerate(boxes):
+        assert 0 <= left < right <= 96 and 0 <= top < bottom <= 96, boxes[i]
+        for other in boxes[i + 1 :]:
+            assert right <= other[0] or other[2] <= left or bottom <= other[1] or other[3] <= top, (boxes[i], other)
+    assert [label.text for label in labels] == ["cat 0.95", "dog 0.90", "kite 0.85", "cat 0.80", "dog 0.75"]
+    assert boxes[0][3] <= 2 + 30  # the best label stays by its box (inside its top: no room above)
+    drawn = np.array(draw_detections(image, detections))
+    for label in labels:
+        left, top, right, bottom = label.box
+        patch = drawn[top:bottom, left:right].reshape(-1, 3).astype(int)
+        distance = np.abs(patch - np.array(label.colour)).sum(axis=1)
+        assert (distance == 0).mean() > 0.4  # the background, in the class colour
+        assert (distance > 200).sum() >= 10  # and text on it, in black or white
+
+
+def test_the_label_font_grows_with_the_image():
+    small = layout_labels([det(10, 40, 20, 20, 0.9, 0)], 96, 96)[0]
+    large = layout_labels([det(100, 400, 200, 200, 0.9, 0)], 960, 960)[0]
+    assert large.box[3] - large.box[1] >= 2 * (small.box[3] - small.box[1])
+    assert small.box[3] <= 40  # above the box
+
+
+def test_a_label_wider_than_the_image_keeps_the_class_name():
+    (label,) = layout_labels([{**det(2, 10, 10, 10, 0.5, 2), "category": "a very long class name"}], 40, 30)
+    assert label.box[2] <= 40 and label.text.startswith("a ") and "0.50" not in label.text

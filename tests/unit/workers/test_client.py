@@ -169,3 +169,9 @@ def test_a_broker_that_cannot_be_reached_fails_the_recorded_job(redis_settings, 
         client.submit_eval(tmp_path / "w.pt", device="cpu")
     (record,) = client.list()
     assert record["state"] == "failed" and record["error"].startswith("could not be queued: cannot reach Redis")
+
+
+def test_listening_is_false_without_a_worker_and_none_without_a_broker(client, redis_settings):
+    assert client.listening("cpu", timeout=0.3) is False
+    dead = JobClient(dataclasses.replace(redis_settings, broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    assert dead.listening("cpu", timeout=0.3) is None

@@ -1,0 +1,28 @@
+"""``lstmdet data``: generated datasets on disk, with progress that reads well in a log file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+from helpers import LSTMDET_BIN
+
+
+def test_digits_det_logs_plain_progress_lines_when_stderr_is_a_file(tmp_path):
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        done = subprocess.run(
+            [str(LSTMDET_BIN), "data", "digits-det", str(tmp_path / "scenes"), "--images", "20", "--size", "48"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+        )  # fmt: skip
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("digits-det: ")]
+    assert len(lines) == 10, text  # one line per tenth of the images
+    assert re.fullmatch(r"digits-det: 2/20 images \(10%\), [\d.]+ images/s, \d+ s left", lines[0]), lines[0]
+    assert re.fullmatch(r"digits-det: 20/20 images \(100%\), [\d.]+ images/s", lines[-1]), lines[-1]
+    assert done.stdout.startswith("wrote 20 images")
+    assert len(json.loads((tmp_path / "scenes" / "annotations.json").read_text())["images"]) == 20
