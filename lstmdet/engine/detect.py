@@ -463,13 +463,14 @@ def _record(
     index: int,
     image: torch.Tensor | None,
     result: dict[str, torch.Tensor] | str,
-    classes: list[str],
+    model: LstmdetModel,
     size: tuple[int, int] | None,
 ) -> dict[str, Any]:
     """The ``detections.jsonl`` line of input ``index``: detections, or ``error`` with the reason.
 
     ``size`` is the file's full displayed ``(H, W)``; when the image was decoded at reduced scale,
-    boxes are scaled from the decoded image's pixels to full-resolution pixels.
+    boxes are scaled from the decoded image's pixels to full-resolution pixels. Classes and
+    category ids are ``model``'s.
     """
     head: dict[str, Any] = {"file": inputs.names[index]}
     if inputs.videos is not None and inputs.frames is not None:
@@ -481,7 +482,8 @@ def _record(
     if (decoded_h, decoded_w) != (height, width):
         sx, sy = width / decoded_w, height / decoded_h
         result = {**result, "boxes": result["boxes"] * torch.tensor([sx, sy, sx, sy])}
-    return {**head, **detection_record(inputs.names[index], int(width), int(height), result, classes)}
+    record = detection_record(inputs.names[index], int(width), int(height), result, model.classes, model.category_ids)
+    return {**head, **record}
 
 
 def _start(out: Path, options: dict[str, Any], resume: bool) -> tuple[set[str], int]:
@@ -521,7 +523,6 @@ def _process(
             lines are kept (not written again) and the bytes of ``detections.jsonl`` to keep.
     """
     done, keep = resumed
-    classes = runner.model.classes
     writer = JsonlAppender(jsonl, keep)
     drawer = AnnotatedImageWriter(out) if save_images else None
     kept = sum(name in done for name in inputs.names)
@@ -535,7 +536,7 @@ def _process(
                 name = inputs.names[index]
                 if name in done:
                     continue
-                record = _record(inputs, index, image, result, classes, size)
+                record = _record(inputs, index, image, result, runner.model, size)
                 writer.write(record)
                 written += 1
                 bar.update()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TIMING, assert_same_outputs, save_tiny
+from helpers import ROOT, TIMING, assert_same_outputs, save_tiny, tiny_config
 from PIL import Image
 
 import lstmdet
@@ -144,6 +144,40 @@ def test_coco30_contract_loadres_and_cocoeval(tmp_path, weights):
         evaluator.accumulate()
         evaluator.summarize()
     assert len(evaluator.stats) == 12
+
+
+def test_a_model_trained_on_coco_ids_writes_those_ids(tmp_path):
+    """Category ids 3, 7, 90 (not 0..2): training keeps them in the checkpoint, detect writes them."""
+    from pycocotools.coco import COCO
+
+    images, annotations = [], []
+    (tmp_path / "images").mkdir()
+    for i in range(4):
+        Image.fromarray(noise(32, 32, 60 + i)).save(tmp_path / "images" / f"a{i}.png")
+        images.append({"id": i + 1, "file_name": f"a{i}.png", "width": 32, "height": 32})
+        for k, cid in enumerate((3, 7, 90)):
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cid,
+                                "bbox": [2.0 + 9 * k, 4.0, 8.0, 10.0], "area": 80.0, "iscrowd": 0})  # fmt: skip
+    categories = [{"id": 90, "name": "kite"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    config = tiny_config()
+    del config["model"]["classes"]
+    config["data"] = {"train": {"name": "coco", "annotations": str(gt)}}
+    config["train"] = {"epochs": 1, "batch_size": 4, "workers": 0, "progress": False, "device": "cpu"}
+    lstmdet.train(config, tmp_path / "run")
+    model = lstmdet.load(tmp_path / "run" / "best.pt")
+    assert model.classes == ["cat", "dog", "kite"] and model.category_ids == [3, 7, 90]
+
+    out = tmp_path / "out"
+    summary = run(tmp_path / "images", out, tmp_path / "run" / "best.pt", score_thresh=0.0)
+    assert summary["detections"] > 0
+    detections = [d for r in lines(out) for d in r["detections"]]
+    assert {(d["category_id"], d["category"]) for d in detections} <= {(3, "cat"), (7, "dog"), (90, "kite")}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = COCO(str(gt)).loadRes(str(out / "coco_results.json"))
+    assert {a["category_id"] for a in coco_dt.dataset["annotations"]} <= {3, 7, 90}
+    assert len(coco_dt.dataset["annotations"]) == summary["detections"]
 
 
 def test_odd_and_broken_files_give_exact_lines_and_identical_reruns(tmp_path, weights):
