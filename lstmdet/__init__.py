@@ -126,9 +126,10 @@ def detect(src: str | Path, out: str | Path, weights: str | Path | None = None, 
         src: Image file or folder (searched recursively).
         out: Output folder: ``detections.jsonl``, ``images.json``, ``coco_results.json``, ``summary.json``.
         weights: Checkpoint file; ``None``: the default model shipped with lstmdet (or ``model=``).
-        **options: ``model``, ``batch_size``, ``workers``, ``score_thresh``, ``nms_thresh``,
-            ``max_detections``, ``device``, ``half``, ``save_images``, ``resume``, ``sequence``,
-            ``max_pixels``, ``progress`` (see :func:`lstmdet.engine.detect.detect`).
+        **options: ``model``, ``batch_size``, ``workers``, ``score_thresh`` (default 0.25),
+            ``nms_thresh``, ``max_detections``, ``agnostic_nms`` (default False), ``device``,
+            ``half``, ``save_images``, ``resume``, ``sequence``, ``max_pixels``, ``progress`` (see
+            :func:`lstmdet.engine.detect.detect`).
 
     Returns:
         The ``summary.json`` dict: ``images``, ``ok``, ``failed``, ``seconds``, ``images_per_s``, ...

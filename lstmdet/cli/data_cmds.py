@@ -51,7 +51,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=_positive, default=1000, help="number of scenes (default 1000)")
     p.add_argument("--seed", type=_non_negative, default=0, help="seed (default 0)")
     p.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--split", choices=("train", "test"), default="train", help="MNIST-10k protocol digits to draw")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
     p.set_defaults(func=run_generate, dataset="digits_det")
 
@@ -66,7 +67,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=_positive, default=8, help="frames per clip (default 8)")
     p.add_argument("--seed", type=_non_negative, default=0, help="seed (default 0)")
     p.add_argument("--size", type=_positive, default=96, help="frame side in pixels (default 96)")
-    p.add_argument("--split", choices=("train", "test"), default="train", help="MNIST-10k protocol digits to draw")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
     p.set_defaults(func=run_generate, dataset="digits_video")
 

@@ -52,8 +52,17 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, metavar="N",
         help="image-decoding processes (default: 0 on CPU with <= 2 cores, else min(4, cores/2); CUDA: cores-1, <= 8)",
     )  # fmt: skip
-    p.add_argument("--conf", type=float, metavar="F", help="minimum score kept (default: the head's)")
+    p.add_argument(
+        "--conf", type=float, metavar="F",
+        help="minimum score kept (default 0.25, as Ultralytics; eval and validation keep the head's own low "
+        "threshold, e.g. 0.05, which COCO mAP needs)",
+    )  # fmt: skip
     p.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold (default: the head's)")
+    p.add_argument(
+        "--agnostic-nms", action="store_true",
+        help="also suppress overlapping boxes of different classes (NMS across classes at --iou): one box per "
+        "object, the best-scoring class",
+    )  # fmt: skip
     p.add_argument("--max-det", type=int, metavar="N", help="detections kept per image (default: the head's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--half", action="store_true", help="float16 mixed precision (CUDA only; ignored on CPU)")
@@ -73,8 +82,8 @@ def detect_options(args: argparse.Namespace) -> dict:
     """The :class:`~lstmdet.engine.detect.DetectOptions` fields given on the command line."""
     return {
         "batch_size": args.batch_size, "workers": args.workers, "score_thresh": args.conf, "nms_thresh": args.iou,
-        "max_detections": args.max_det, "device": args.device, "half": args.half, "save_images": args.save_images,
-        "sequence": args.sequence, "max_pixels": args.max_pixels,
+        "max_detections": args.max_det, "agnostic_nms": args.agnostic_nms, "device": args.device, "half": args.half,
+        "save_images": args.save_images, "sequence": args.sequence, "max_pixels": args.max_pixels,
     }  # fmt: skip
 
 

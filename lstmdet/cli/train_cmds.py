@@ -13,7 +13,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a YAML config",
         description="Train the model a config describes on its data.train split. Writes last.pt, best.pt, "
-        "metrics.jsonl, metrics.csv, curves.png and summary.json to --out.",
+        "metrics.jsonl, metrics.csv, curves.png and summary.json to --out. Config defaults: model.encoder "
+        "identity (no sequence encoder), model.input.size 512 (detect; max_size 853) or 224 (classify).",
     )
     add_train_arguments(p)
     p.set_defaults(func=run_train)

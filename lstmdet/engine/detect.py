@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lstmdet.boxes import class_agnostic_nms
 from lstmdet.data.images import DEFAULT_MAX_PIXELS
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
 from lstmdet.engine.device import resolve_device
@@ -61,10 +62,16 @@ from lstmdet.engine.writers import (
 from lstmdet.errors import Cancelled, LstmdetError
 from lstmdet.fileio import atomic_write_json
 from lstmdet.model import LstmdetModel
-from lstmdet.options import check_float, check_int
+from lstmdet.options import check_bool, check_float, check_int
 
 #: ``detect`` option -> detection-head attribute it sets for the run.
 HEAD_OPTIONS = {"score_thresh": "score_thresh", "nms_thresh": "nms_thresh", "max_detections": "detections_per_img"}
+#: Minimum score ``detect`` keeps when ``score_thresh`` (``--conf``) is not given (Ultralytics' default):
+#: the heads' own thresholds (0.05 and below) suit COCO mAP in ``eval`` and validation, which keep
+#: them, but give dozens of low-score boxes per image.
+DEFAULT_CONF = 0.25
+#: IoU of ``agnostic_nms`` for a head without an ``nms_thresh`` of its own.
+AGNOSTIC_IOU = 0.5
 
 
 def _sha256(path: Path) -> str:
@@ -87,7 +94,8 @@ class DetectOptions:
     """How a folder is detected: the options of :func:`detect` that do not name files (checked).
 
     A queued detect job carries these as JSON (:meth:`to_json`), so a worker runs exactly what
-    ``lstmdet detect`` would.
+    ``lstmdet detect`` would. ``score_thresh=None`` means :data:`DEFAULT_CONF` for a head with a
+    ``score_thresh``; ``nms_thresh`` and ``max_detections`` ``None`` keep the head's.
     """
 
     batch_size: int = 8
@@ -95,6 +103,7 @@ class DetectOptions:
     score_thresh: float | None = None
     nms_thresh: float | None = None
     max_detections: int | None = None
+    agnostic_nms: bool = False
     device: str = "auto"
     half: bool = False
     save_images: bool = False
@@ -106,6 +115,7 @@ class DetectOptions:
         if self.workers is not None:
             check_int(self.workers, "workers (--workers)", "detect", minimum=0)
         check_int(self.max_pixels, "max_pixels (--max-pixels)", "detect", minimum=1)
+        check_bool(self.agnostic_nms, "agnostic_nms (--agnostic-nms)", "detect")
         for value, name in ((self.score_thresh, "score_thresh (--conf)"), (self.nms_thresh, "nms_thresh (--iou)")):
             if value is not None:
                 check_float(value, name, "detect", low=0.0, high=1.0)
@@ -191,14 +201,17 @@ def open_detector(
 def head_options(detector: Detector, opts: DetectOptions) -> Iterator[dict[str, Any]]:
     """Set the run's head options (thresholds) for the duration of the block.
 
+    ``score_thresh`` ``None`` sets :data:`DEFAULT_CONF` on a head that has a ``score_thresh``.
+
     Yields:
         The run's identity as ``options.json`` records it: weights SHA-256, the head's effective
-        thresholds, batch size, pixel limit, sequence mode and half precision. A resumed run or a
-        shard of a job must match it exactly.
+        thresholds, class-agnostic NMS, batch size, pixel limit, sequence mode and half precision.
+        A resumed run or a shard of a job must match it exactly.
     """
     head = detector.model.head
     previous = {key: getattr(head, attr) for key, attr in HEAD_OPTIONS.items() if hasattr(head, attr)}
-    wanted = {"score_thresh": opts.score_thresh, "nms_thresh": opts.nms_thresh, "max_detections": opts.max_detections}
+    conf = opts.score_thresh if opts.score_thresh is not None or "score_thresh" not in previous else DEFAULT_CONF
+    wanted = {"score_thresh": conf, "nms_thresh": opts.nms_thresh, "max_detections": opts.max_detections}
     try:
         for key, value in wanted.items():
             if value is None:
@@ -211,6 +224,7 @@ def head_options(detector: Detector, opts: DetectOptions) -> Iterator[dict[str, 
         yield {
             "weights_sha256": detector.identity["weights_sha256"],
             **{key: getattr(head, attr, None) for key, attr in HEAD_OPTIONS.items()},
+            "agnostic_nms": opts.agnostic_nms,
             "batch_size": opts.batch_size,
             "max_pixels": opts.max_pixels,
             "sequence": opts.sequence,
@@ -222,10 +236,17 @@ def head_options(detector: Detector, opts: DetectOptions) -> Iterator[dict[str, 
 
 
 class _Runner:
-    """Runs the model on decoded images, turning per-image model failures into error messages."""
+    """Runs the model on decoded images, turning per-image model failures into error messages.
 
-    def __init__(self, model: LstmdetModel, device: torch.device, half: bool) -> None:
-        self.model, self.device, self.half = model, device, half
+    Args:
+        model: The detection model, in eval mode on ``device``.
+        device: Where it runs.
+        half: float16 autocast (CUDA).
+        agnostic_iou: IoU of class-agnostic NMS applied to every prediction, or ``None`` for none.
+    """
+
+    def __init__(self, model: LstmdetModel, device: torch.device, half: bool, agnostic_iou: float | None) -> None:
+        self.model, self.device, self.half, self.agnostic_iou = model, device, half, agnostic_iou
         self.state: Any = None
         self.video: str | None = None
         self.video_size: tuple[int, ...] = ()
@@ -282,9 +303,13 @@ class _Runner:
                 ``None`` runs the batch as still images.
         """
         if videos is not None:
-            return [self.step(image, videos[index]) for index, image, *_ in batch if image is not None]
-        images = [self.to_device(image) for _, image, *_ in batch if image is not None]
-        return self.predict(images) if images else []
+            results = [self.step(image, videos[index]) for index, image, *_ in batch if image is not None]
+        else:
+            images = [self.to_device(image) for _, image, *_ in batch if image is not None]
+            results = self.predict(images) if images else []
+        if self.agnostic_iou is None:
+            return results
+        return [r if isinstance(r, str) else class_agnostic_nms(r, self.agnostic_iou) for r in results]
 
 
 def detect(
@@ -316,9 +341,10 @@ def detect(
         **options: The fields of :class:`DetectOptions`: ``batch_size`` (images per forward
             pass; frames per loader batch in sequence mode), ``workers`` (loader
             processes; 0 decodes in this process; ``None`` chooses, see the module docstring),
-            ``score_thresh``, ``nms_thresh``, ``max_detections`` (head
-            defaults when ``None``), ``device`` (``auto``, ``cpu``, ``cuda[:N]``), ``half``
-            (float16 autocast, CUDA only), ``save_images`` (annotated copies under
+            ``score_thresh`` (``None``: :data:`DEFAULT_CONF`, 0.25), ``nms_thresh``, ``max_detections``
+            (the head's when ``None``), ``agnostic_nms`` (NMS across classes after the head's
+            per-class NMS, at ``nms_thresh``: one box per object), ``device`` (``auto``, ``cpu``,
+            ``cuda[:N]``), ``half`` (float16 autocast, CUDA only), ``save_images`` (annotated copies under
             ``out/images/``), ``sequence`` (video mode, see the module docstring), ``max_pixels``
             (largest ``width * height`` read; larger files become error lines undecoded).
 
@@ -405,7 +431,8 @@ def detect_files(
         persistent_workers=False,
     )
     keep_freed_memory()
-    runner = _Runner(detector.model, detector.device, opts.half and cuda)
+    agnostic_iou = getattr(detector.model.head, "nms_thresh", AGNOSTIC_IOU) if opts.agnostic_nms else None
+    runner = _Runner(detector.model, detector.device, opts.half and cuda, agnostic_iou)
     started = time.perf_counter()
     written = _process(
         runner, loader, inputs, jsonl, out, resumed,

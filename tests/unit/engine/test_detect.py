@@ -343,6 +343,34 @@ def test_single_file_and_usage_errors(tmp_path, weights):
         lstmdet.detect(tmp_path / "one.jpg", tmp_path / "o5", model=classify, progress=False, workers=0)
 
 
+def test_default_settings_give_about_one_box_per_digit(tmp_path):
+    """The shipped model on 20 held-out digit scenes: --conf 0.25 by default, --agnostic-nms one box per object.
+
+    At the head's own threshold (0.05, which eval keeps for COCO mAP) these scenes gave ~30 boxes per
+    digit; at 0.25 a digit can still come out twice with two classes, which --agnostic-nms removes.
+    """
+    from torchvision.ops import box_iou
+
+    scenes = lstmdet.create_component("datasets", "digits_det", images=20, seed=5, split="test")
+    (tmp_path / "src").mkdir()
+    digits = 0
+    for i in range(len(scenes)):
+        image, target = scenes[i]
+        Image.fromarray(image).save(tmp_path / "src" / f"{i:02d}.png")
+        digits += len(target["boxes"])
+    model = lstmdet.load()
+    plain = lstmdet.detect(tmp_path / "src", tmp_path / "plain", model=model, progress=False, workers=0)
+    assert plain["score_thresh"] == 0.25 and model.head.score_thresh == 0.05  # eval keeps the head's own
+    assert digits <= plain["detections"] <= 2 * digits, (plain["detections"], digits)
+    one = lstmdet.detect(tmp_path / "src", tmp_path / "one", model=model, progress=False, workers=0, agnostic_nms=True)
+    assert one["agnostic_nms"] and abs(one["detections"] - digits) <= 0.3 * digits, (one["detections"], digits)
+    for record in lines(tmp_path / "one"):
+        boxes = torch.tensor([d["bbox"] for d in record["detections"]]).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        overlaps = box_iou(boxes, boxes).fill_diagonal_(0)
+        assert not (overlaps > 0.7).any(), record["file"]
+
+
 @pytest.mark.parametrize(
     ("cores", "device", "expected"), [(1, "cpu", 0), (2, "cpu", 0), (4, "cpu", 2), (16, "cpu", 4), (2, "cuda", 1),
                                       (16, "cuda", 8)]
