@@ -104,7 +104,7 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
             "resume": check_bool(spec.get("resume", False), "resume", job),
         }
     if kind == "detect":
-        from lstmdet.engine.detect import DetectOptions
+        from lstmdet.engine.detect_options import DetectOptions
 
         weights = spec.get("weights")
         return {

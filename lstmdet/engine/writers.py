@@ -45,6 +45,8 @@ SUMMARY = "summary.json"
 OPTIONS = "options.json"
 #: Folder of annotated copies (``--save-images``).
 ANNOTATED = "images"
+#: Everything a run writes in its output folder: what ``--exist-ok`` removes before running again.
+OUTPUTS = (DETECTIONS, IMAGES, RESULTS, SUMMARY, OPTIONS, ANNOTATED)
 #: Decimals kept in the files: boxes to 1/1000 pixel, scores to 1e-5.
 BOX_DECIMALS, SCORE_DECIMALS = 3, 5
 

@@ -224,21 +224,60 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, weights):
     whole = tmp_path / "whole"
     run(src, whole, weights, batch_size=3, save_images=True)
 
-    cut = tmp_path / "cut"
-    run(src, cut, weights, batch_size=3, save_images=True)
-    text = (cut / "detections.jsonl").read_text()
-    kept = text.splitlines(keepends=True)[:4]  # 4 lines: the second batch of 3 is half done
-    (cut / "detections.jsonl").write_text("".join(kept) + text.splitlines(keepends=True)[4][:20])  # + a torn line
-    for name in ("images.json", "coco_results.json", "summary.json"):
-        (cut / name).unlink()
+    def cut_run(out: Path) -> Path:
+        run(src, out, weights, batch_size=3, save_images=True)
+        text = (out / "detections.jsonl").read_text()
+        kept = text.splitlines(keepends=True)[:4]  # 4 lines: the second batch of 3 is half done
+        (out / "detections.jsonl").write_text("".join(kept) + text.splitlines(keepends=True)[4][:20])  # + a torn line
+        for name in ("images.json", "coco_results.json", "summary.json"):
+            (out / name).unlink()
+        return out
+
+    cut = cut_run(tmp_path / "cut")
     summary = run(src, cut, weights, batch_size=3, save_images=True, resume=True)
     assert summary["resumed"] == 4 and summary["images"] == 9 and summary["failed"] == 1
     assert_same_outputs(whole, cut, ignore=("resumed",))
 
     with pytest.raises(LstmdetError, match="--resume"):
         run(src, cut, weights, batch_size=3)
-    with pytest.raises(LstmdetError, match=r"other options.*batch_size"):
+    with pytest.raises(LstmdetError, match=r"batch_size \(--batch-size\) is 4 now but the run was started with 3"):
         run(src, cut, weights, batch_size=4, resume=True)
+
+    # a resume without weights or options runs with those options.json recorded
+    recorded = json.loads((cut / "options.json").read_text())["options"]
+    assert (recorded["weights"], recorded["batch_size"], recorded["save_images"]) == (str(weights), 3, True)
+    bare = cut_run(tmp_path / "bare")
+    summary = lstmdet.detect(src, bare, resume=True, progress=False, workers=0)
+    assert summary["resumed"] == 4 and summary["weights"] == str(weights) and summary["batch_size"] == 3
+    assert_same_outputs(whole, bare, ignore=("resumed",))
+
+
+def test_exist_ok_replaces_only_what_a_previous_run_wrote(tmp_path, weights):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(noise(30, 40, 70 + i)).save(src / f"im{i}.png")
+    out = tmp_path / "out"
+    run(src, out, weights, save_images=True, max_detections=2)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(LstmdetError, match="--exist-ok to replace it"):
+        run(src, out, weights)
+    with pytest.raises(LstmdetError, match="pass one of them"):
+        run(src, out, weights, resume=True, exist_ok=True)
+    summary = run(src, out, weights, exist_ok=True)
+    assert summary["images"] == 3 and summary["resumed"] == 0 and not (out / "images").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    run(src, tmp_path / "fresh", weights)
+    assert_same_outputs(tmp_path / "fresh", out)
+
+    # never removes the images it is asked to detect: SRC is OUT/images, or OUT itself holds them there
+    (tmp_path / "o2" / "images").mkdir(parents=True)
+    Image.fromarray(noise(30, 40, 80)).save(tmp_path / "o2" / "images" / "mine.png")
+    for source in (tmp_path / "o2" / "images", tmp_path / "o2"):
+        with pytest.raises(LstmdetError, match="images to detect lie inside it"):
+            run(source, tmp_path / "o2", weights, exist_ok=True)
+    assert (tmp_path / "o2" / "images" / "mine.png").is_file()
 
 
 def assert_records_match(records: list[dict], predictions: list[dict]) -> None:
