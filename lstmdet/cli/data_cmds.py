@@ -2,8 +2,8 @@
 
 ::
 
-    lstmdet data digits-det OUT [--images N] [--seed S] [--size PX] [--split train|test]
-    lstmdet data digits-video OUT [--clips N] [--frames T] [--seed S] [--size PX] [--split train|test]
+    lstmdet data digits-det OUT [--images N] [--seed S] [--size PX] [--split train|test] [--exist-ok]
+    lstmdet data digits-video OUT [--clips N] [--frames T] [--seed S] [--size PX] [--split train|test] [--exist-ok]
     lstmdet data convert yolo SRC OUT_JSON [--names YAML] [--missing-labels error|empty]
 
 The generated datasets are built through the registry (``digits_det`` / ``digits_video``), so the
@@ -17,6 +17,11 @@ import argparse
 from typing import Any
 
 from lstmdet.errors import LstmdetError
+
+EXIST_OK_HELP = (
+    "OUT may be non-empty (else refused): first remove OUT/images/ and OUT/annotations.json of an earlier "
+    "generation, so that no old image is left among the new ones"
+)
 
 
 def _positive(text: str) -> int:
@@ -54,6 +59,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
+    p.add_argument("--exist-ok", action="store_true", help=EXIST_OK_HELP)
     p.set_defaults(func=run_generate, dataset="digits_det")
 
     p = actions.add_parser(
@@ -70,6 +76,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
+    p.add_argument("--exist-ok", action="store_true", help=EXIST_OK_HELP)
     p.set_defaults(func=run_generate, dataset="digits_video")
 
     convert = actions.add_parser(
@@ -108,7 +115,7 @@ def run_generate(args: argparse.Namespace) -> int:
         dataset = current_registry().create("datasets", args.dataset, **options)
     except ValueError as exc:
         raise LstmdetError(f"{args.dataset}: {exc}") from None
-    summary = write_coco_dataset(dataset, args.out, image_format=args.format)
+    summary = write_coco_dataset(dataset, args.out, image_format=args.format, exist_ok=args.exist_ok)
     videos = f" in {summary['videos']} clips" if summary["videos"] else ""
     print(
         f"wrote {summary['images']} images{videos} with {summary['annotations']} boxes "

@@ -138,13 +138,13 @@ class Trainer:
         _seed_everything(self.tcfg["seed"])
 
         seed, task = self.tcfg["seed"], cfg["task"]
-        train_set = build_dataset(cfg["data"]["train"], "data.train")
+        train_set = build_dataset(cfg["data"]["train"], "data.train", task=task)
         _adopt_classes(cfg, train_set)
         augment = cfg["data"].get("augment")
         self.train_data = AugmentedDataset(train_set, task=task, split="train", augment=augment, seed=seed)
         self.eval_data = {
-            split: AugmentedDataset(build_dataset(cfg["data"][split], f"data.{split}"), task=task, split="eval",
-                                    augment=augment, seed=seed)
+            split: AugmentedDataset(build_dataset(cfg["data"][split], f"data.{split}", task=task), task=task,
+                                    split="eval", augment=augment, seed=seed)
             for split in ("val", "test")
             if cfg["data"].get(split) is not None
         }  # fmt: skip

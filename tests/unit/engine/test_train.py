@@ -116,6 +116,13 @@ def test_the_datasets_category_ids_are_adopted_unless_the_config_gives_others():
         _adopt_classes(load_config(config), dataset)
 
 
+def test_a_dataset_of_another_task_is_refused(tmp_path):
+    config = mnist_config()
+    config["data"]["val"] = {"name": "digits_det", "images": 2}
+    with pytest.raises(LstmdetError, match=r"data.val: dataset 'digits_det' is a detect dataset but the model is a"):
+        lstmdet.train(config, tmp_path)
+
+
 def test_early_stopping(tmp_path):
     config = mnist_config(epochs=6, lr=0.0, warmup=0.0, scheduler="none", patience=2)
     config["data"]["train"]["images"] = 32
