@@ -52,7 +52,10 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     from lstmdet.data.images import DEFAULT_MAX_PIXELS
 
     p.add_argument("src", metavar="SRC", help="image file, or folder searched recursively")
-    p.add_argument("--weights", metavar="CKPT", help="checkpoint file (default: the model shipped with lstmdet)")
+    p.add_argument(
+        "--weights", metavar="CKPT",
+        help="checkpoint file, or 'default' (also when left out): the model shipped with lstmdet",
+    )  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (default 8)")
     p.add_argument(

@@ -43,7 +43,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``eval`` (shared with ``submit eval``)."""
-    p.add_argument("--weights", required=True, help="checkpoint file (last.pt / best.pt)")
+    p.add_argument(
+        "--weights", required=True, metavar="CKPT",
+        help="checkpoint file (last.pt / best.pt), or 'default': the model shipped with lstmdet",
+    )  # fmt: skip
     p.add_argument("--data", help="dataset as YAML, e.g. '{name: digits_det, images: 300, split: test}'")
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--batch-size", type=int, default=16)

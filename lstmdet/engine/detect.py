@@ -100,7 +100,8 @@ def open_detector(
     """Load a detection checkpoint (or take ``model``) onto ``device``.
 
     Args:
-        weights: Checkpoint file; ``None`` uses ``model``, else the default model shipped with lstmdet.
+        weights: Checkpoint file, or ``"default"`` for the model shipped with lstmdet; ``None`` uses
+            ``model``, else the shipped model.
         model: An already built detection model (instead of ``weights``).
         device: ``auto`` (CUDA when present; a given ``model``'s own device), ``cpu``, ``cuda[:N]``.
 
@@ -108,7 +109,7 @@ def open_detector(
         LstmdetError: Both ``weights`` and ``model``, a bad device or checkpoint, or a model that
             is not a detector.
     """
-    from lstmdet.checkpoint import default_model_path, load_model
+    from lstmdet.checkpoint import DEFAULT_WEIGHTS, default_model_path, load_model
 
     dev = _device(device, model)
     if model is not None:
@@ -117,8 +118,9 @@ def open_detector(
         net, identity = model.to(dev).eval(), {"weights": None, "weights_sha256": None}
     else:
         net = load_model(weights, map_location=dev)
-        path = Path(weights) if weights is not None else default_model_path()
-        identity = {"weights": str(weights) if weights is not None else "default", "weights_sha256": _sha256(path)}
+        shipped = weights is None or str(weights) == DEFAULT_WEIGHTS
+        path = default_model_path() if shipped else Path(weights)
+        identity = {"weights": DEFAULT_WEIGHTS if shipped else str(weights), "weights_sha256": _sha256(path)}
     if net.task != "detect":
         raise LstmdetError(
             f"detect needs a detection model, but {identity['weights'] or 'the model'} is a {net.task} model"

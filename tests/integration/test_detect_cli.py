@@ -119,3 +119,11 @@ def test_rerun_with_exist_ok_and_resume_with_the_recorded_options(tmp_path, weig
     assert main(["detect", str(folder), "--out", str(out), "--resume", "--conf", "0.3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--conf" in err and "0.3" in err and "0.1" in err
+
+
+def test_weights_default_names_the_shipped_model(tmp_path, folder, capsys):
+    out = tmp_path / "out"
+    assert main(["detect", str(folder), "--out", str(out), "--weights", "default", "--workers", "0", "--quiet"]) == 0
+    assert "shipped with lstmdet" not in capsys.readouterr().err  # asked for by name: no note
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weights"] == "default" and summary["classes"] == [str(d) for d in range(10)]

@@ -65,6 +65,13 @@ def test_category_ids_round_trip_and_old_checkpoints_get_label_indices(tmp_path,
     assert lstmdet.load(path).category_ids == [0, 1, 2]
 
 
+def test_the_shipped_model_loads_by_the_name_default():
+    named, shipped = lstmdet.load("default"), lstmdet.load()
+    assert named.config == shipped.config
+    pairs = zip(named.state_dict().values(), shipped.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_checkpoint_carries_version_and_train_state(tmp_path):
     model = _model()
     path = save_checkpoint(tmp_path / "last.pt", model, train_state={"epoch": 3, "rng": torch.get_rng_state()})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from helpers import classify_config, detect_config
 
@@ -26,3 +28,9 @@ def test_eval_refuses_a_dataset_of_the_other_task(model_task, tmp_path, capsys):
     err = capsys.readouterr().err
     other = "classify" if model_task == "detect" else "detect"
     assert err.count("\n") == 1 and f"is a {other} dataset but the model is a {model_task} model" in err
+
+
+def test_eval_takes_the_shipped_model_by_the_name_default(capsys):
+    assert main(["eval", "--weights", "default", "--data", "{name: digits_det, images: 4, split: test, seed: 7}"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["images"] == 4 and metrics["map"] > 0.3

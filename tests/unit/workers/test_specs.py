@@ -99,6 +99,9 @@ def test_detect_spec_resolved(roots):
 def test_detect_spec_default_weights(roots):
     checked = validate_spec("detect", {"src": str(roots[0] / "in"), "out": str(roots[0] / "out")}, roots)
     assert checked["weights"] is None
+    named = {"src": str(roots[0] / "in"), "out": str(roots[0] / "out"), "weights": "default"}
+    assert validate_spec("detect", named, roots)["weights"] is None  # the shipped model by name: no path to check
+    assert validate_spec("eval", {"weights": "default"}, roots)["weights"] == "default"
 
 
 @pytest.mark.parametrize("field", ["src", "out", "weights"])
