@@ -432,7 +432,8 @@ def _start(out: Path, options: dict[str, Any], record: dict[str, Any], resume: b
     done, keep = read_done(out / DETECTIONS) if resume else (set(), 0)
     if done and path.is_file():
         first = json.loads(path.read_text(encoding="utf-8"))
-        changed = {k: (first.get(k), v) for k, v in options.items() if first.get(k) != v}
+        # a key the first run did not record is an option its lstmdet did not have (e.g. agnostic_nms): off then
+        changed = {k: (first[k], v) for k, v in options.items() if k in first and first[k] != v}
         if changed:
             listed = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
             raise LstmdetError(

@@ -251,6 +251,14 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, weights):
     assert summary["resumed"] == 4 and summary["weights"] == str(weights) and summary["batch_size"] == 3
     assert_same_outputs(whole, bare, ignore=("resumed",))
 
+    # a run started by an older lstmdet: options.json without "options" and without agnostic_nms
+    old = cut_run(tmp_path / "old")
+    record = json.loads((old / "options.json").read_text())
+    del record["options"], record["agnostic_nms"]
+    (old / "options.json").write_text(json.dumps(record))
+    assert run(src, old, weights, batch_size=3, save_images=True, resume=True)["resumed"] == 4
+    assert_same_outputs(whole, old, ignore=("resumed",))
+
 
 def test_exist_ok_replaces_only_what_a_previous_run_wrote(tmp_path, weights):
     src = tmp_path / "src"
