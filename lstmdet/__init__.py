@@ -88,7 +88,7 @@ def load(path: str | Path | None = None, *, map_location: str = "cpu") -> Lstmde
     """Load a model from a self-describing checkpoint.
 
     Args:
-        path: Checkpoint file; ``None`` loads the default model shipped inside the package.
+        path: Checkpoint file; ``None`` or ``"default"`` loads the model shipped inside the package.
         map_location: Device to load the weights onto.
 
     Raises:
@@ -125,10 +125,12 @@ def detect(src: str | Path, out: str | Path, weights: str | Path | None = None, 
     Args:
         src: Image file or folder (searched recursively).
         out: Output folder: ``detections.jsonl``, ``images.json``, ``coco_results.json``, ``summary.json``.
-        weights: Checkpoint file; ``None``: the default model shipped with lstmdet (or ``model=``).
-        **options: ``model``, ``batch_size``, ``workers``, ``score_thresh``, ``nms_thresh``,
-            ``max_detections``, ``device``, ``half``, ``save_images``, ``resume``, ``sequence``,
-            ``max_pixels``, ``progress`` (see :func:`lstmdet.engine.detect.detect`).
+        weights: Checkpoint file; ``None`` or ``"default"``: the model shipped with lstmdet (or ``model=``).
+        **options: ``model``, ``batch_size``, ``workers``, ``score_thresh`` (default 0.25),
+            ``nms_thresh``, ``max_detections``, ``agnostic_nms`` (default False), ``device``,
+            ``half``, ``save_images``, ``resume`` (options left out: those the run recorded),
+            ``exist_ok`` (replace a previous run in ``out``), ``sequence``, ``max_pixels``,
+            ``progress`` (see :func:`lstmdet.engine.detect.detect`).
 
     Returns:
         The ``summary.json`` dict: ``images``, ``ok``, ``failed``, ``seconds``, ``images_per_s``, ...

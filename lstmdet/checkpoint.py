@@ -25,6 +25,8 @@ from lstmdet.fileio import atomic_path
 FORMAT = "lstmdet.checkpoint"
 FORMAT_VERSION = 1
 DEFAULT_MODEL = "default.pt"
+#: The name ``--weights`` and :func:`load_model` take for the shipped model (a file named so: ``./default``).
+DEFAULT_WEIGHTS = "default"
 
 
 def default_model_path() -> Path:
@@ -125,7 +127,7 @@ def _read_safetensors(path: Path, map_location: str | torch.device) -> dict[str,
 
 
 def load_model(path: str | Path | None = None, *, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model stored in a checkpoint (``None``: the shipped default model).
+    """Rebuild the model stored in a checkpoint (``None`` or ``"default"``: the shipped default model).
 
     The components named in the stored config must be registered (their plugins installed).
 
@@ -134,7 +136,7 @@ def load_model(path: str | Path | None = None, *, map_location: str | torch.devi
     """
     from lstmdet.model import build_model
 
-    if path is None:
+    if path is None or str(path) == DEFAULT_WEIGHTS:
         path = default_model_path()
         if not path.is_file():
             raise CheckpointError(

@@ -6,6 +6,7 @@ its options::
     task: detect                      # or classify
     model:
       classes: [zero, one, ...]       # optional; else "0", "1", ...
+      category_ids: [1, 2, ...]       # optional; COCO id of each class (else 0, 1, ...; training adopts the dataset's)
       input: {size: 128}              # classify: size int or [h, w]; detect: shorter side (+ max_size)
       backbone: {name: small_cnn, widths: [32, 64, 128], levels: [c2, c3]}
       neck: {channels: 128}           # optional: FPN that brings every level to the same channels
@@ -40,7 +41,7 @@ from lstmdet.options import check_choice, check_int, check_list, check_type, is_
 
 TASKS = ("classify", "detect")
 TOP_LEVEL_KEYS = ("task", "model", "data", "train", "eval", "detect")
-MODEL_KEYS = ("classes", "input", "backbone", "neck", "encoder", "head")
+MODEL_KEYS = ("classes", "category_ids", "input", "backbone", "neck", "encoder", "head")
 INPUT_KEYS = ("size", "max_size", "mean", "std")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -81,7 +82,8 @@ def load_config(source: Mapping[str, Any] | str | Path, overrides: Sequence[str]
 
     Returns:
         A validated copy with defaults filled in (``model.input``, ``model.classes``,
-        ``model.head.num_classes``, ``model.encoder.levels`` keys are always present).
+        ``model.category_ids``, ``model.head.num_classes``, ``model.encoder.levels`` keys are always
+        present).
 
     Raises:
         ConfigError: A field is missing or wrong, or an override is malformed; the message names it.
@@ -149,6 +151,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     model["head"]["levels"] = parse_levels(model["head"].get("levels"), "model.head.levels")
     model["input"] = _input(model.get("input"), task)
     model["classes"], model["head"]["num_classes"] = _classes(model.get("classes"), model["head"])
+    model["category_ids"] = _category_ids(model.get("category_ids"), len(model["classes"]))
     config["train"] = _train(config.get("train"))
     config["data"] = _data(config.get("data"))
     for section in ("eval", "detect"):
@@ -281,3 +284,22 @@ def _classes(classes: Any, head: dict[str, Any]) -> tuple[list[str], int]:
             "model.head.num_classes", f"is {num_classes} but model.classes lists {len(classes)} names; make them agree"
         )
     return classes, len(classes)
+
+
+def _category_ids(ids: Any, num_classes: int) -> list[int]:
+    """The COCO category id of each class: ``ids`` checked, or ``0..num_classes-1`` when not given.
+
+    Written files (``detections.jsonl``, ``coco_results.json``) carry these ids, so results of a
+    model trained on a COCO file with ids such as official COCO's (1..90, with gaps) score against
+    the right categories.
+    """
+    if ids is None:
+        return list(range(num_classes))
+    ids = check_list(ids, "model.category_ids", of="integers (one COCO category id per class)",
+                     item=lambda v: is_int(v, minimum=0), unique=True)  # fmt: skip
+    if len(ids) != num_classes:
+        raise ConfigError(
+            "model.category_ids",
+            f"lists {len(ids)} ids but the model has {num_classes} classes; give one id per class, in class order",
+        )
+    return [int(v) for v in ids]

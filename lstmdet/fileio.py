@@ -8,6 +8,8 @@ thread and call (``.{name}.{pid}.{thread}.{random}.tmp``), so concurrent writers
 
 The parent folder must exist. Nothing is ``fsync``-ed: the rename protects readers and crashed
 writers, not against a power failure.
+
+:func:`remove_outputs` removes the named outputs of an earlier run from a folder (``--exist-ok``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,21 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "remove_outputs",
+]
 
 
 @contextmanager
@@ -76,3 +86,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> None:
     """Write ``data`` as JSON (``indent`` spaces; ``None``: one line) and a newline, atomically."""
     atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def remove_outputs(folder: str | os.PathLike, names: tuple[str, ...] | list[str]) -> list[str]:
+    """Remove the entries ``names`` (files, or folders with their contents) directly inside ``folder``.
+
+    What ``--exist-ok`` does before a command writes into a folder again: only the outputs the
+    command itself writes are named, so anything else in the folder stays. A symbolic link is
+    removed, not followed.
+
+    Args:
+        folder: The output folder (may be missing).
+        names: Entry names inside it, e.g. ``("annotations.json", "images")``.
+
+    Returns:
+        The names that existed and were removed.
+    """
+    removed = []
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed

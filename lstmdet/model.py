@@ -55,6 +55,8 @@ class LstmdetModel(nn.Module):
         self.config = config
         self.task: str = config["task"]
         self.classes: list[str] = list(config["model"]["classes"])
+        #: COCO category id of each class (label ``i`` is category ``category_ids[i]``).
+        self.category_ids: list[int] = list(config["model"]["category_ids"])
         self.transform = transform
         self.backbone = backbone
         self.neck = neck

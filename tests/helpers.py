@@ -106,10 +106,13 @@ def tiny_config(encoder: dict | None = None) -> dict:
     }  # fmt: skip
 
 
-def save_tiny(path: Path, encoder: dict | None = None) -> Path:
+def save_tiny(path: Path, encoder: dict | None = None, category_ids: list[int] | None = None) -> Path:
     """Build the tiny model with large random weights (distinct scores, real boxes) and save it."""
     torch.manual_seed(3)
-    model = lstmdet.create_model(tiny_config(encoder))
+    config = tiny_config(encoder)
+    if category_ids is not None:
+        config["model"]["category_ids"] = category_ids
+    model = lstmdet.create_model(config)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3)

@@ -10,9 +10,9 @@ Specs by kind:
 
 * ``train``: ``{"config": {...}, "out": DIR, "resume": false}``: the config as a dict (read and
   ``--set`` applied by the client), so the worker needs no config file.
-* ``detect``: ``{"src": DIR, "out": DIR, "weights": CKPT or null, "options": {DetectOptions},
-  "shard_size": 64}``.
-* ``eval``: ``{"weights": CKPT, "data": {...} or null, "out": FILE or null, "batch_size": 16,
+* ``detect``: ``{"src": DIR, "out": DIR, "weights": CKPT or null (``"default"`` becomes null: the
+  shipped model), "options": {DetectOptions}, "shard_size": 64}``.
+* ``eval``: ``{"weights": CKPT or "default", "data": {...} or null, "out": FILE or null, "batch_size": 16,
   "device": "auto"}``.
 """
 
@@ -31,6 +31,9 @@ KINDS = ("train", "detect", "eval")
 #: Images per detect shard: each shard pays for starting its loader processes (a few tenths of a
 #: second), so shards should hold a few seconds of work; smaller ones spread better over workers.
 DEFAULT_SHARD_SIZE = 256
+#: ``--weights`` name of the model shipped with lstmdet (``lstmdet.checkpoint.DEFAULT_WEIGHTS``; not imported:
+#: the client side runs without torch). It is no path, so it is not checked against the data roots.
+SHIPPED = "default"
 #: Keys of dataset options whose string values are file or folder paths.
 DATA_PATH_KEYS = frozenset({"root", "annotations", "images", "names", "mnist_root", "path"})
 
@@ -104,13 +107,14 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
             "resume": check_bool(spec.get("resume", False), "resume", job),
         }
     if kind == "detect":
-        from lstmdet.engine.detect import DetectOptions
+        from lstmdet.engine.detect_options import DetectOptions
 
         weights = spec.get("weights")
+        shipped = weights is None or weights == SHIPPED
         return {
             "src": check_path(_path(spec, "src", job), roots, "detect SRC"),
             "out": check_path(_path(spec, "out", job), roots, "detect --out"),
-            "weights": None if weights is None else check_path(str(weights), roots, "detect --weights"),
+            "weights": None if shipped else check_path(str(weights), roots, "detect --weights"),
             "options": DetectOptions.from_json(spec.get("options") or {}).to_json(),
             "shard_size": check_int(spec.get("shard_size", DEFAULT_SHARD_SIZE), "shard_size", job, minimum=1),
         }
@@ -121,8 +125,9 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
         for field, owner, key in _data_paths(data, "data"):
             owner[key] = check_path(owner[key], roots, f"eval {field}")
     out = spec.get("out")
+    weights = _path(spec, "weights", job)
     return {
-        "weights": check_path(_path(spec, "weights", job), roots, "eval --weights"),
+        "weights": weights if weights == SHIPPED else check_path(weights, roots, "eval --weights"),
         "data": data,
         "out": None if out is None else check_path(str(out), roots, "eval --out"),
         "batch_size": check_int(spec.get("batch_size", 16), "batch_size", job, minimum=1),

@@ -263,7 +263,7 @@ def _shards_progress(job: _Delivery, plan: Any, done: int) -> None:
 @job_task("detect")
 def detect_task(task: Task, job: _Delivery) -> None:
     """Plan the shards of a folder and queue those not done yet."""
-    from lstmdet.engine.detect import DetectOptions
+    from lstmdet.engine.detect_options import DetectOptions
     from lstmdet.engine.shards import plan_shards, shards_done
 
     spec, out = job.spec, Path(job.spec["out"])
@@ -283,7 +283,7 @@ def detect_task(task: Task, job: _Delivery) -> None:
 @job_task("detect")
 def detect_shard_task(task: Task, job: _Delivery, index: int) -> None:
     """Detect one shard (never again once done); the last shard queues the merge."""
-    from lstmdet.engine.detect import DetectOptions
+    from lstmdet.engine.detect_options import DetectOptions
     from lstmdet.engine.shards import load_plan, run_shard
 
     spec, out = job.spec, Path(job.spec["out"])

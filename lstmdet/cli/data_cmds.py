@@ -2,8 +2,8 @@
 
 ::
 
-    lstmdet data digits-det OUT [--images N] [--seed S] [--size PX] [--split train|test]
-    lstmdet data digits-video OUT [--clips N] [--frames T] [--seed S] [--size PX] [--split train|test]
+    lstmdet data digits-det OUT [--images N] [--seed S] [--size PX] [--split train|test] [--exist-ok]
+    lstmdet data digits-video OUT [--clips N] [--frames T] [--seed S] [--size PX] [--split train|test] [--exist-ok]
     lstmdet data convert yolo SRC OUT_JSON [--names YAML] [--missing-labels error|empty]
 
 The generated datasets are built through the registry (``digits_det`` / ``digits_video``), so the
@@ -17,6 +17,11 @@ import argparse
 from typing import Any
 
 from lstmdet.errors import LstmdetError
+
+EXIST_OK_HELP = (
+    "OUT may be non-empty (else refused): first remove OUT/images/ and OUT/annotations.json of an earlier "
+    "generation, so that no old image is left among the new ones"
+)
 
 
 def _positive(text: str) -> int:
@@ -51,8 +56,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=_positive, default=1000, help="number of scenes (default 1000)")
     p.add_argument("--seed", type=_non_negative, default=0, help="seed (default 0)")
     p.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--split", choices=("train", "test"), default="train", help="MNIST-10k protocol digits to draw")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
+    p.add_argument("--exist-ok", action="store_true", help=EXIST_OK_HELP)
     p.set_defaults(func=run_generate, dataset="digits_det")
 
     p = actions.add_parser(
@@ -66,8 +73,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=_positive, default=8, help="frames per clip (default 8)")
     p.add_argument("--seed", type=_non_negative, default=0, help="seed (default 0)")
     p.add_argument("--size", type=_positive, default=96, help="frame side in pixels (default 96)")
-    p.add_argument("--split", choices=("train", "test"), default="train", help="MNIST-10k protocol digits to draw")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
+    p.add_argument("--exist-ok", action="store_true", help=EXIST_OK_HELP)
     p.set_defaults(func=run_generate, dataset="digits_video")
 
     convert = actions.add_parser(
@@ -109,7 +118,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise LstmdetError(f"{args.dataset}: {exc}") from None
     unit = "images" if args.dataset == "digits_det" else "clips"
     with progress(total=len(dataset), desc=args.dataset.replace("_", "-"), unit=unit) as bar:
-        summary = write_coco_dataset(dataset, args.out, image_format=args.format, on_item=bar.update)
+        summary = write_coco_dataset(
+            dataset, args.out, image_format=args.format, on_item=bar.update, exist_ok=args.exist_ok
+        )
     videos = f" in {summary['videos']} clips" if summary["videos"] else ""
     print(
         f"wrote {summary['images']} images{videos} with {summary['annotations']} boxes "

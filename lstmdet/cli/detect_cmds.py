@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 EXIT_STATUS = """\
 exit status:
   0  every file was processed
   1  some files could not be read; each has an {"file", "error"} line in detections.jsonl
   2  usage error: SRC missing or without images, bad checkpoint, bad option, --out already used
-     (without --resume), or --resume with options that differ from the first run's
+     (without --resume or --exist-ok), or --resume with options that differ from the first run's
 """
 
 #: Printed once when ``detect`` runs without ``--weights``.
@@ -34,7 +35,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     add_detect_arguments(p)
     p.add_argument(
         "--resume", action="store_true",
-        help="continue an interrupted run in DIR: keep its lines, process the other files",
+        help="continue an interrupted run in DIR: keep its lines, process the other files; weights and options "
+        "left out are those the run recorded in DIR/options.json (giving another value is an error)",
+    )  # fmt: skip
+    p.add_argument(
+        "--exist-ok", action="store_true",
+        help="DIR holds a previous run: remove what it wrote (detections.jsonl, images.json, coco_results.json, "
+        "summary.json, options.json, images/) and run afresh; other files in DIR stay",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_detect)
@@ -45,51 +52,77 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     from lstmdet.data.images import DEFAULT_MAX_PIXELS
 
     p.add_argument("src", metavar="SRC", help="image file, or folder searched recursively")
-    p.add_argument("--weights", metavar="CKPT", help="checkpoint file (default: the model shipped with lstmdet)")
+    p.add_argument(
+        "--weights", metavar="CKPT",
+        help="checkpoint file, or 'default' (also when left out): the model shipped with lstmdet",
+    )  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (default 8)")
     p.add_argument(
         "--workers", type=int, default=None, metavar="N",
         help="image-decoding processes (default: 0 on CPU with <= 2 cores, else min(4, cores/2); CUDA: cores-1, <= 8)",
     )  # fmt: skip
-    p.add_argument("--conf", type=float, metavar="F", help="minimum score kept (default: the head's)")
-    p.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold (default: the head's)")
-    p.add_argument("--max-det", type=int, metavar="N", help="detections kept per image (default: the head's)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--half", action="store_true", help="float16 mixed precision (CUDA only; ignored on CPU)")
-    p.add_argument("--save-images", action="store_true", help="also write annotated copies under DIR/images/")
     p.add_argument(
-        "--sequence", action="store_true",
+        "--conf", type=float, metavar="F",
+        help="minimum score kept (default 0.25, as Ultralytics; eval and validation keep the head's own low "
+        "threshold, e.g. 0.05, which COCO mAP needs)",
+    )  # fmt: skip
+    p.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold (default: the head's)")
+    p.add_argument(
+        "--agnostic-nms", action="store_true", default=None,
+        help="also suppress overlapping boxes of different classes (NMS across classes at --iou): one box per "
+        "object, the best-scoring class",
+    )  # fmt: skip
+    p.add_argument("--max-det", type=int, metavar="N", help="detections kept per image (default: the head's)")
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--half", action="store_true", default=None, help="float16 mixed precision (CUDA only; ignored on CPU)"
+    )  # fmt: skip
+    p.add_argument(
+        "--save-images", action="store_true", default=None, help="also write annotated copies under DIR/images/"
+    )  # fmt: skip
+    p.add_argument(
+        "--sequence", action="store_true", default=None,
         help="video mode: each sub-folder of SRC holds the frames of one video (sorted by name); stateful models "
         "carry their state from frame to frame",
     )  # fmt: skip
     p.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+        "--max-pixels", type=int, metavar="N",
         help=f"largest width*height read; larger files are refused unread (default {DEFAULT_MAX_PIXELS})",
     )  # fmt: skip
 
 
 def detect_options(args: argparse.Namespace) -> dict:
-    """The :class:`~lstmdet.engine.detect.DetectOptions` fields given on the command line."""
-    return {
+    """The :class:`~lstmdet.engine.detect_options.DetectOptions` fields given on the command line (only those).
+
+    Options left out take their defaults, or on ``--resume`` the values the run recorded.
+    """
+    given = {
         "batch_size": args.batch_size, "workers": args.workers, "score_thresh": args.conf, "nms_thresh": args.iou,
-        "max_detections": args.max_det, "device": args.device, "half": args.half, "save_images": args.save_images,
-        "sequence": args.sequence, "max_pixels": args.max_pixels,
+        "max_detections": args.max_det, "agnostic_nms": args.agnostic_nms, "device": args.device, "half": args.half,
+        "save_images": args.save_images, "sequence": args.sequence, "max_pixels": args.max_pixels,
     }  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def run_detect(args: argparse.Namespace) -> int:
     """Detect, print where the outputs are and a one-line summary; 1 when some files failed."""
     from lstmdet.engine.detect import detect
-    from lstmdet.engine.writers import ANNOTATED, DETECTIONS
+    from lstmdet.engine.writers import ANNOTATED, DETECTIONS, OPTIONS
 
-    if args.weights is None:
+    if args.weights is None and not (args.resume and (Path(args.out) / OPTIONS).is_file()):  # else: the recorded ones
         print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     summary = detect(
-        args.src, args.out, args.weights, resume=args.resume, progress=not args.quiet, **detect_options(args)
+        args.src,
+        args.out,
+        args.weights,
+        resume=args.resume,
+        exist_ok=args.exist_ok,
+        progress=not args.quiet,
+        **detect_options(args),
     )
     files = "detections.jsonl, images.json, coco_results.json, summary.json"
-    print(f"outputs in {args.out}: {files}" + (f", {ANNOTATED}/" if args.save_images else ""))
+    print(f"outputs in {args.out}: {files}" + (f", {ANNOTATED}/" if (Path(args.out) / ANNOTATED).is_dir() else ""))
     resumed = f", {summary['resumed']} kept from the earlier run" if summary["resumed"] else ""
     print(
         f"files: {summary['images']} ({summary['ok']} ok, {summary['failed']} unreadable), {summary['detections']} "

@@ -13,7 +13,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a YAML config",
         description="Train the model a config describes on its data.train split. Writes last.pt, best.pt, "
-        "metrics.jsonl, metrics.csv, curves.png and summary.json to --out.",
+        "metrics.jsonl, metrics.csv, curves.png and summary.json to --out. Config defaults: model.encoder "
+        "identity (no sequence encoder), model.input.size 512 (detect; max_size 853) or 224 (classify).",
     )
     add_train_arguments(p)
     p.set_defaults(func=run_train)
@@ -43,7 +44,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``eval`` (shared with ``submit eval``)."""
-    p.add_argument("--weights", required=True, help="checkpoint file (last.pt / best.pt)")
+    p.add_argument(
+        "--weights", required=True, metavar="CKPT",
+        help="checkpoint file (last.pt / best.pt), or 'default': the model shipped with lstmdet",
+    )  # fmt: skip
     p.add_argument("--data", help="dataset as YAML, e.g. '{name: digits_det, images: 300, split: test}'")
     p.add_argument("--out", help="write the metrics as JSON to this file")
     p.add_argument("--batch-size", type=int, default=16)

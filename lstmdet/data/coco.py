@@ -47,13 +47,15 @@ from PIL import Image
 from lstmdet.boxes import clip_boxes
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, image_size
 from lstmdet.errors import LstmdetError
-from lstmdet.fileio import atomic_write_json
+from lstmdet.fileio import atomic_write_json, remove_outputs
 from lstmdet.options import is_int, is_number
 
 #: Boxes may reach this many pixels outside the image before a clipping warning is given.
 CLIP_TOLERANCE = 0.5
 #: Boxes with a side shorter than this (pixels) after clipping are dropped.
 MIN_BOX_SIZE = 0.01
+#: What :func:`write_coco_dataset` writes in its folder (and ``exist_ok`` removes first).
+WRITTEN = ("images", "annotations.json")
 #: Image formats :func:`write_coco_dataset` can write.
 WRITE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
 #: What a missing YOLO label file means: an error, or an image without objects.
@@ -492,6 +494,7 @@ def write_coco_dataset(
     *,
     image_format: str = "png",
     on_item: Callable[[], None] | None = None,
+    exist_ok: bool = False,
 ) -> dict[str, Any]:
     """Write a detection dataset (still images or clips) as image files plus ``annotations.json``.
 
@@ -504,21 +507,33 @@ def write_coco_dataset(
         dataset: Map-style dataset with ``classes`` (and optionally ``category_ids``) whose items are
             ``(image (H, W, 3) uint8, {"boxes", "labels"})`` or ``(clip (T, H, W, 3) uint8,
             {"frames": [{"boxes", "labels", "track_ids"?}, ...]})``.
-        out_dir: Output folder (created).
+        out_dir: Output folder (created); it must be empty, so that files of an earlier, larger
+            generation never mix with these.
         image_format: ``"png"`` (lossless, default) or ``"jpg"``.
         on_item: Called after each dataset item (image or clip) is written, e.g. to show progress.
+        exist_ok: Accept a non-empty ``out_dir``: first remove what an earlier generation wrote
+            there (:data:`WRITTEN`: ``images/`` and ``annotations.json``), leaving anything else.
 
     Returns:
         Summary ``{"out", "json", "images", "annotations", "videos", "categories"}``.
 
     Raises:
-        LstmdetError: Unknown ``image_format`` or items that are not detection items.
+        LstmdetError: Unknown ``image_format``, a non-empty ``out_dir`` without ``exist_ok``, or items
+            that are not detection items.
     """
     fmt = WRITE_FORMATS.get(image_format.lower().lstrip("."))
     if fmt is None:
         raise LstmdetError(f"image_format {image_format!r} is not supported; use one of {sorted(WRITE_FORMATS)}")
     ext = "jpg" if fmt == "JPEG" else "png"
     out = Path(out_dir)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not exist_ok:
+        raise LstmdetError(
+            f"{out} is not empty (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); a generated "
+            "dataset goes into an empty folder so that old images never mix with new ones. Pass --exist-ok to "
+            "replace images/ and annotations.json of an earlier generation, or choose another folder"
+        )
+    remove_outputs(out, WRITTEN)
     images_dir = out / "images"
     classes = list(dataset.classes)
     category_ids = list(getattr(dataset, "category_ids", range(len(classes))))

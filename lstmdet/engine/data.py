@@ -18,16 +18,32 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lstmdet.data.augment import build_augment, collate, to_tensors
 from lstmdet.data.images import ImageReadError
+from lstmdet.errors import ConfigError
 from lstmdet.manager import current_registry
 
 
-def build_dataset(spec: dict[str, Any], field: str) -> Dataset:
+def build_dataset(spec: dict[str, Any], field: str, task: str | None = None) -> Dataset:
     """Create the registered dataset a ``data.<split>`` section names.
 
+    Args:
+        spec: ``{name: ..., **options}``.
+        field: Where the spec comes from, for messages (``data.train``, ``--data``).
+        task: The model's task; when given, the dataset's ``task`` must be the same (a detector
+            scored on classification data would otherwise report a silent ``map: 0.0``).
+
     Raises:
-        ConfigError: Unknown dataset or a bad option; the message names ``field``.
+        ConfigError: Unknown dataset or a bad option, or a dataset of another task than ``task``;
+            the message names ``field``.
     """
-    return current_registry().create_from_spec("datasets", spec, field)
+    dataset = current_registry().create_from_spec("datasets", spec, field)
+    found = getattr(dataset, "task", None)
+    if task is not None and found is not None and found != task:
+        raise ConfigError(
+            field,
+            f"dataset {spec['name']!r} is a {found} dataset but the model is a {task} model; give a {task} "
+            "dataset (`lstmdet plugins` lists the datasets)",
+        )
+    return dataset
 
 
 def _item_seed(*parts: int) -> int:

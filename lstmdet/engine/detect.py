@@ -17,7 +17,8 @@ but on CPU the extra forward passes cost more than the padding: see ``benchmarks
 Batches are therefore fixed slices of the input order (``batch_size`` files each), and
 ``--resume`` recomputes a whole slice when any of its files is missing (writing only the missing
 lines): a resumed run writes exactly what an uninterrupted one would have. It must use the same
-options (weights, thresholds, batch size...), which ``options.json`` records.
+options (weights, thresholds, batch size...), which ``options.json`` records: options left out
+of a resume are read back from it.
 
 Sequence mode (``--sequence``): SRC holds one folder of frames per video (any depth; the frames
 of a video are the image files directly in its folder, sorted by name). A stateful model (e.g. a
@@ -33,24 +34,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
 
-from lstmdet.data.images import DEFAULT_MAX_PIXELS
+from lstmdet.boxes import class_agnostic_nms
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
+from lstmdet.engine.detect_options import AGNOSTIC_IOU, DetectOptions, head_options, options_record, resume_options
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.malloc import keep_freed_memory
 from lstmdet.engine.progress import progress as progress_display
 from lstmdet.engine.writers import (
+    ANNOTATED,
     DETECTIONS,
     OPTIONS,
+    OUTPUTS,
     SUMMARY,
     AnnotatedImageWriter,
     JsonlAppender,
@@ -59,12 +61,8 @@ from lstmdet.engine.writers import (
     read_done,
 )
 from lstmdet.errors import Cancelled, LstmdetError
-from lstmdet.fileio import atomic_write_json
+from lstmdet.fileio import atomic_write_json, remove_outputs
 from lstmdet.model import LstmdetModel
-from lstmdet.options import check_float, check_int
-
-#: ``detect`` option -> detection-head attribute it sets for the run.
-HEAD_OPTIONS = {"score_thresh": "score_thresh", "nms_thresh": "nms_thresh", "max_detections": "detections_per_img"}
 
 
 def _sha256(path: Path) -> str:
@@ -80,65 +78,6 @@ def _device(name: str | torch.device, model: LstmdetModel | None) -> torch.devic
     if str(name) == "auto" and model is not None:
         return model.device
     return resolve_device(name)
-
-
-@dataclass(frozen=True)
-class DetectOptions:
-    """How a folder is detected: the options of :func:`detect` that do not name files (checked).
-
-    A queued detect job carries these as JSON (:meth:`to_json`), so a worker runs exactly what
-    ``lstmdet detect`` would.
-    """
-
-    batch_size: int = 8
-    workers: int | None = None
-    score_thresh: float | None = None
-    nms_thresh: float | None = None
-    max_detections: int | None = None
-    device: str = "auto"
-    half: bool = False
-    save_images: bool = False
-    sequence: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    def __post_init__(self) -> None:
-        check_int(self.batch_size, "batch_size (--batch-size)", "detect", minimum=1)
-        if self.workers is not None:
-            check_int(self.workers, "workers (--workers)", "detect", minimum=0)
-        check_int(self.max_pixels, "max_pixels (--max-pixels)", "detect", minimum=1)
-        for value, name in ((self.score_thresh, "score_thresh (--conf)"), (self.nms_thresh, "nms_thresh (--iou)")):
-            if value is not None:
-                check_float(value, name, "detect", low=0.0, high=1.0)
-        if self.max_detections is not None:
-            check_int(self.max_detections, "max_detections (--max-det)", "detect", minimum=1)
-        object.__setattr__(self, "device", str(self.device))
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DetectOptions:
-        """Options from a JSON dict; unknown keys raise an error that lists the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LstmdetError(f"unknown detect option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def to_json(self) -> dict[str, Any]:
-        """The options as a JSON-ready dict."""
-        return asdict(self)
-
-    def loader_workers(self, device: torch.device | str) -> int:
-        """Loader processes to use: ``workers``, or when it is ``None`` a choice for this machine.
-
-        On CPU with 2 or fewer cores: 0, since loader processes would compete with the model's
-        threads for the cores (measured in ``benchmarks/RESULTS.md``); on CPU otherwise
-        ``min(4, cores // 2)``; on CUDA, where the cores are free for decoding, ``min(8, cores - 1)``.
-        """
-        if self.workers is not None:
-            return self.workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        if torch.device(device).type == "cuda":
-            return max(1, min(8, cores - 1))
-        return 0 if cores <= 2 else min(4, cores // 2)
 
 
 class Detector(NamedTuple):
@@ -161,7 +100,8 @@ def open_detector(
     """Load a detection checkpoint (or take ``model``) onto ``device``.
 
     Args:
-        weights: Checkpoint file; ``None`` uses ``model``, else the default model shipped with lstmdet.
+        weights: Checkpoint file, or ``"default"`` for the model shipped with lstmdet; ``None`` uses
+            ``model``, else the shipped model.
         model: An already built detection model (instead of ``weights``).
         device: ``auto`` (CUDA when present; a given ``model``'s own device), ``cpu``, ``cuda[:N]``.
 
@@ -169,7 +109,7 @@ def open_detector(
         LstmdetError: Both ``weights`` and ``model``, a bad device or checkpoint, or a model that
             is not a detector.
     """
-    from lstmdet.checkpoint import default_model_path, load_model
+    from lstmdet.checkpoint import DEFAULT_WEIGHTS, default_model_path, load_model
 
     dev = _device(device, model)
     if model is not None:
@@ -178,8 +118,9 @@ def open_detector(
         net, identity = model.to(dev).eval(), {"weights": None, "weights_sha256": None}
     else:
         net = load_model(weights, map_location=dev)
-        path = Path(weights) if weights is not None else default_model_path()
-        identity = {"weights": str(weights) if weights is not None else "default", "weights_sha256": _sha256(path)}
+        shipped = weights is None or str(weights) == DEFAULT_WEIGHTS
+        path = default_model_path() if shipped else Path(weights)
+        identity = {"weights": DEFAULT_WEIGHTS if shipped else str(weights), "weights_sha256": _sha256(path)}
     if net.task != "detect":
         raise LstmdetError(
             f"detect needs a detection model, but {identity['weights'] or 'the model'} is a {net.task} model"
@@ -187,45 +128,18 @@ def open_detector(
     return Detector(net, dev, identity)
 
 
-@contextlib.contextmanager
-def head_options(detector: Detector, opts: DetectOptions) -> Iterator[dict[str, Any]]:
-    """Set the run's head options (thresholds) for the duration of the block.
-
-    Yields:
-        The run's identity as ``options.json`` records it: weights SHA-256, the head's effective
-        thresholds, batch size, pixel limit, sequence mode and half precision. A resumed run or a
-        shard of a job must match it exactly.
-    """
-    head = detector.model.head
-    previous = {key: getattr(head, attr) for key, attr in HEAD_OPTIONS.items() if hasattr(head, attr)}
-    wanted = {"score_thresh": opts.score_thresh, "nms_thresh": opts.nms_thresh, "max_detections": opts.max_detections}
-    try:
-        for key, value in wanted.items():
-            if value is None:
-                continue
-            if key not in previous:
-                raise LstmdetError(
-                    f"the model's head {type(head).__name__} has no {HEAD_OPTIONS[key]} option; leave {key} unset"
-                )
-            setattr(head, HEAD_OPTIONS[key], float(value) if key != "max_detections" else int(value))
-        yield {
-            "weights_sha256": detector.identity["weights_sha256"],
-            **{key: getattr(head, attr, None) for key, attr in HEAD_OPTIONS.items()},
-            "batch_size": opts.batch_size,
-            "max_pixels": opts.max_pixels,
-            "sequence": opts.sequence,
-            "half": opts.half and detector.device.type == "cuda",
-        }
-    finally:
-        for key, value in previous.items():
-            setattr(head, HEAD_OPTIONS[key], value)
-
-
 class _Runner:
-    """Runs the model on decoded images, turning per-image model failures into error messages."""
+    """Runs the model on decoded images, turning per-image model failures into error messages.
 
-    def __init__(self, model: LstmdetModel, device: torch.device, half: bool) -> None:
-        self.model, self.device, self.half = model, device, half
+    Args:
+        model: The detection model, in eval mode on ``device``.
+        device: Where it runs.
+        half: float16 autocast (CUDA).
+        agnostic_iou: IoU of class-agnostic NMS applied to every prediction, or ``None`` for none.
+    """
+
+    def __init__(self, model: LstmdetModel, device: torch.device, half: bool, agnostic_iou: float | None) -> None:
+        self.model, self.device, self.half, self.agnostic_iou = model, device, half, agnostic_iou
         self.state: Any = None
         self.video: str | None = None
         self.video_size: tuple[int, ...] = ()
@@ -282,9 +196,13 @@ class _Runner:
                 ``None`` runs the batch as still images.
         """
         if videos is not None:
-            return [self.step(image, videos[index]) for index, image, *_ in batch if image is not None]
-        images = [self.to_device(image) for _, image, *_ in batch if image is not None]
-        return self.predict(images) if images else []
+            results = [self.step(image, videos[index]) for index, image, *_ in batch if image is not None]
+        else:
+            images = [self.to_device(image) for _, image, *_ in batch if image is not None]
+            results = self.predict(images) if images else []
+        if self.agnostic_iou is None:
+            return results
+        return [r if isinstance(r, str) else class_agnostic_nms(r, self.agnostic_iou) for r in results]
 
 
 def detect(
@@ -294,6 +212,7 @@ def detect(
     *,
     model: LstmdetModel | None = None,
     resume: bool = False,
+    exist_ok: bool = False,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     **options: Any,
@@ -309,6 +228,12 @@ def detect(
         model: An already built detection model (instead of ``weights``).
         resume: Keep the lines of an interrupted run in ``out`` and process only the other files;
             the files equal those of an uninterrupted run. Without a previous run, start afresh.
+            Weights and options not given are those recorded in ``options.json`` (see
+            :func:`~lstmdet.engine.detect_options.resume_options`); one given with another value
+            than the recorded one is an error.
+        exist_ok: When ``out`` holds a previous run, remove what lstmdet wrote there
+            (:data:`~lstmdet.engine.writers.OUTPUTS`: the five files and ``images/``) and run
+            afresh. Other files in ``out`` are left alone.
         progress: Show a progress bar (images/s) on stderr.
         should_stop: Called between batches; when it returns True the run stops with
             :class:`~lstmdet.errors.Cancelled`, leaving ``detections.jsonl`` resumable and no
@@ -316,9 +241,10 @@ def detect(
         **options: The fields of :class:`DetectOptions`: ``batch_size`` (images per forward
             pass; frames per loader batch in sequence mode), ``workers`` (loader
             processes; 0 decodes in this process; ``None`` chooses, see the module docstring),
-            ``score_thresh``, ``nms_thresh``, ``max_detections`` (head
-            defaults when ``None``), ``device`` (``auto``, ``cpu``, ``cuda[:N]``), ``half``
-            (float16 autocast, CUDA only), ``save_images`` (annotated copies under
+            ``score_thresh`` (``None``: :data:`DEFAULT_CONF`, 0.25), ``nms_thresh``, ``max_detections``
+            (the head's when ``None``), ``agnostic_nms`` (NMS across classes after the head's
+            per-class NMS, at ``nms_thresh``: one box per object), ``device`` (``auto``, ``cpu``,
+            ``cuda[:N]``), ``half`` (float16 autocast, CUDA only), ``save_images`` (annotated copies under
             ``out/images/``), ``sequence`` (video mode, see the module docstring), ``max_pixels``
             (largest ``width * height`` read; larger files become error lines undecoded).
 
@@ -331,19 +257,31 @@ def detect(
 
     Raises:
         LstmdetError: SRC missing or empty, bad checkpoint, bad option, ``out`` already holding a
-            run while ``resume`` is off, or a resume with options that differ from the first run's.
+            run while ``resume`` and ``exist_ok`` are off, both on, or a resume with options that
+            differ from the first run's.
     """
     started = time.perf_counter()
-    opts = DetectOptions.from_json(options)
     out = Path(out)
     jsonl = out / DETECTIONS
-    if jsonl.exists() and not resume:
-        raise LstmdetError(f"{out} already holds detections ({DETECTIONS}): pass --resume, or choose another --out")
+    if resume and exist_ok:
+        raise LstmdetError("--resume continues the run in --out and --exist-ok replaces it; pass one of them")
+    if jsonl.exists() and not (resume or exist_ok):
+        raise LstmdetError(
+            f"{out} already holds detections ({DETECTIONS}): pass --resume to continue that run, --exist-ok to "
+            "replace it, or choose another --out"
+        )
+    if resume:
+        recorded_weights, options = resume_options(out, out / OPTIONS, weights, options)
+        weights = weights if model is not None else recorded_weights
+    opts = DetectOptions.from_json(options)
     inputs = list_inputs(src, out, sequence=opts.sequence)
     detector = open_detector(weights, model=model, device=opts.device)
+    if exist_ok:
+        remove_previous_run(out, inputs)
     with head_options(detector, opts) as run_options:
         out.mkdir(parents=True, exist_ok=True)
-        done, keep = _start(out, run_options, resume)
+        record = options_record(run_options, detector.identity["weights"], opts)
+        done, keep = _start(out, run_options, record, resume)
         processed, loop_seconds = detect_files(
             detector, inputs, jsonl, opts, out=out, resumed=(done, keep), progress=progress, should_stop=should_stop
         )
@@ -405,7 +343,8 @@ def detect_files(
         persistent_workers=False,
     )
     keep_freed_memory()
-    runner = _Runner(detector.model, detector.device, opts.half and cuda)
+    agnostic_iou = getattr(detector.model.head, "nms_thresh", AGNOSTIC_IOU) if opts.agnostic_nms else None
+    runner = _Runner(detector.model, detector.device, opts.half and cuda, agnostic_iou)
     started = time.perf_counter()
     written = _process(
         runner, loader, inputs, jsonl, out, resumed,
@@ -463,13 +402,14 @@ def _record(
     index: int,
     image: torch.Tensor | None,
     result: dict[str, torch.Tensor] | str,
-    classes: list[str],
+    model: LstmdetModel,
     size: tuple[int, int] | None,
 ) -> dict[str, Any]:
     """The ``detections.jsonl`` line of input ``index``: detections, or ``error`` with the reason.
 
     ``size`` is the file's full displayed ``(H, W)``; when the image was decoded at reduced scale,
-    boxes are scaled from the decoded image's pixels to full-resolution pixels.
+    boxes are scaled from the decoded image's pixels to full-resolution pixels. Classes and
+    category ids are ``model``'s.
     """
     head: dict[str, Any] = {"file": inputs.names[index]}
     if inputs.videos is not None and inputs.frames is not None:
@@ -481,24 +421,46 @@ def _record(
     if (decoded_h, decoded_w) != (height, width):
         sx, sy = width / decoded_w, height / decoded_h
         result = {**result, "boxes": result["boxes"] * torch.tensor([sx, sy, sx, sy])}
-    return {**head, **detection_record(inputs.names[index], int(width), int(height), result, classes)}
+    record = detection_record(inputs.names[index], int(width), int(height), result, model.classes, model.category_ids)
+    return {**head, **record}
 
 
-def _start(out: Path, options: dict[str, Any], resume: bool) -> tuple[set[str], int]:
-    """Record the options (checking them against the first run's on resume); the lines to keep."""
+def _start(out: Path, options: dict[str, Any], record: dict[str, Any], resume: bool) -> tuple[set[str], int]:
+    """Write ``options.json`` (``record``) after checking ``options``, the run's identity, against the
+    first run's on resume; returns the lines to keep."""
     path = out / OPTIONS
     done, keep = read_done(out / DETECTIONS) if resume else (set(), 0)
     if done and path.is_file():
         first = json.loads(path.read_text(encoding="utf-8"))
-        changed = {k: (first.get(k), v) for k, v in options.items() if first.get(k) != v}
+        # a key the first run did not record is an option its lstmdet did not have (e.g. agnostic_nms): off then
+        changed = {k: (first[k], v) for k, v in options.items() if k in first and first[k] != v}
         if changed:
             listed = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
             raise LstmdetError(
                 f"cannot resume {out}: it was started with other options ({listed}); resume with the same "
                 "weights and options, or choose another --out"
             )
-    atomic_write_json(path, options)
+    atomic_write_json(path, record)
     return done, keep
+
+
+def remove_previous_run(out: Path, inputs: Inputs) -> None:
+    """``--exist-ok``: remove the files a previous run wrote in ``out`` (:data:`~lstmdet.engine.writers.OUTPUTS`).
+
+    Raises:
+        LstmdetError: Inputs of this run lie inside ``out/images/``, which would be removed.
+    """
+    annotated = (out / ANNOTATED).resolve()
+    root = inputs.root.resolve()
+    inside = root == annotated or annotated in root.parents
+    if not inside and root in annotated.parents:
+        prefix = annotated.relative_to(root).as_posix() + "/"
+        inside = any(name.startswith(prefix) for name in inputs.names)
+    if inside:
+        raise LstmdetError(
+            f"--exist-ok would remove {out / ANNOTATED}, but images to detect lie inside it; choose another --out"
+        )
+    remove_outputs(out, OUTPUTS)
 
 
 def _process(
@@ -521,7 +483,6 @@ def _process(
             lines are kept (not written again) and the bytes of ``detections.jsonl`` to keep.
     """
     done, keep = resumed
-    classes = runner.model.classes
     writer = JsonlAppender(jsonl, keep)
     drawer = AnnotatedImageWriter(out) if save_images else None
     kept = sum(name in done for name in inputs.names)
@@ -535,7 +496,7 @@ def _process(
                 name = inputs.names[index]
                 if name in done:
                     continue
-                record = _record(inputs, index, image, result, classes, size)
+                record = _record(inputs, index, image, result, runner.model, size)
                 writer.write(record)
                 written += 1
                 bar.update()

@@ -51,7 +51,8 @@ def list_inputs(src: str | Path, out: str | Path, *, sequence: bool = False) -> 
     a file is taken as it is.
 
     Raises:
-        LstmdetError: SRC is missing, holds no image files, or is a file in sequence mode.
+        LstmdetError: SRC is missing or holds no image files; in sequence mode, SRC is a file or no
+            sub-folder of SRC holds frames (all images lie directly in SRC: not one folder per video).
     """
     src = Path(src)
     if src.is_file():
@@ -72,6 +73,12 @@ def list_inputs(src: str | Path, out: str | Path, *, sequence: bool = False) -> 
     for name in names:
         folder, _, _ = name.rpartition("/")
         by_video[folder or "."].append(name)
+    if list(by_video) == ["."]:
+        raise LstmdetError(
+            f"--sequence wants one sub-folder of frames per video, but {src} has none: its {len(names)} images lie "
+            "directly in it. Put each video's frames in a sub-folder of their own (SRC/VIDEO/FRAME.png), or leave "
+            "out --sequence to detect the images one by one"
+        )
     inputs = Inputs(src, [], [], [])
     for video in sorted(by_video, key=lambda v: Path(v).parts):
         frames = by_video.pop(video)

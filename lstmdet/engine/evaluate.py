@@ -107,16 +107,23 @@ def evaluate_checkpoint(
         workers: DataLoader worker processes.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
         progress: Show progress over the items on stderr.
+
+    Raises:
+        LstmdetError: A bad checkpoint, no dataset to score on, or a dataset of another task than
+            the model's (a detector on classification data, or the reverse), named with both tasks.
     """
     from lstmdet.checkpoint import load_model
 
     model = load_model(weights, map_location=resolve_device(device))
     config = model.config
+    given = data is not None
     if data is None:
         data = config["data"].get("test") or config["data"].get("val")
         if data is None:
             raise LstmdetError(f"{weights} has no data.test or data.val in its config: pass --data")
+    field = "--data" if given else "data.test" if config["data"].get("test") else "data.val"
     dataset = AugmentedDataset(
-        build_dataset(data, "data"), task=model.task, split="eval", augment=config["data"].get("augment"), seed=0
-    )
+        build_dataset(data, field, task=model.task), task=model.task, split="eval",
+        augment=config["data"].get("augment"), seed=0,
+    )  # fmt: skip
     return evaluate(model, dataset, batch_size=batch_size, workers=workers, progress=progress)

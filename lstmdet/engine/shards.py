@@ -12,7 +12,8 @@ runs twice (a redelivered task) changes nothing:
    shard is never run again.
 3. :func:`merge_shards` joins the shard files in order into ``detections.jsonl`` and writes
    ``images.json``, ``coco_results.json``, ``options.json`` and ``summary.json`` exactly as
-   :func:`lstmdet.engine.detect.detect` does, then removes the shard folder.
+   :func:`lstmdet.engine.detect.detect` does (so ``lstmdet detect --resume`` can continue from
+   them), then removes the shard folder.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lstmdet.engine.detect import DetectOptions, Detector, detect_files, head_options, summary_record
+from lstmdet.engine.detect import Detector, detect_files, summary_record
 from lstmdet.engine.detect_inputs import Inputs, list_inputs
+from lstmdet.engine.detect_options import DetectOptions, head_options, options_record
 from lstmdet.engine.writers import DETECTIONS, OPTIONS, SUMMARY, finalize
 from lstmdet.errors import LstmdetError
 from lstmdet.fileio import atomic_open, atomic_path, atomic_write_json
@@ -221,10 +223,10 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
         for index in range(len(plan.shards)):
             with _shard_files(out, index)[0].open("rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
-    atomic_write_json(out / OPTIONS, plan.run_options)
+    opts = DetectOptions.from_json(plan.options)
+    atomic_write_json(out / OPTIONS, options_record(plan.run_options, plan.identity["weights"], opts))
     counts = finalize(out, plan.names)
     seconds = time.time() - plan.started
-    opts = DetectOptions.from_json(plan.options)
     summary = summary_record(
         plan.identity, plan.classes, plan.device, plan.inputs(), opts, plan.run_options, counts,
         seconds=seconds, images_per_s=len(plan.names) / seconds if seconds > 0 else 0.0, resumed=0,

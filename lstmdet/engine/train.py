@@ -37,16 +37,37 @@ from lstmdet.model import LstmdetModel, build_model
 
 
 def _adopt_classes(cfg: dict[str, Any], dataset: Any) -> None:
-    """Take the training dataset's class names when the config gives none; check the count."""
+    """Take the training dataset's class names and category ids when the config gives none; check them.
+
+    The ids go into the model's config (and so into every checkpoint), and the files ``detect``
+    writes carry them: a model trained on a COCO file with ids 1..90 writes results with those ids.
+
+    Raises:
+        ConfigError: The class count differs from the dataset's, or ``model.category_ids`` was given
+            and differs from the dataset's ids.
+    """
     names = [str(c) for c in getattr(dataset, "classes", [])]
     model = cfg["model"]
+    dataset_name = cfg["data"]["train"]["name"]
     if names and len(names) != model["head"]["num_classes"]:
         raise ConfigError(
             "model.head.num_classes",
-            f"is {model['head']['num_classes']} but dataset {cfg['data']['train']['name']!r} has {len(names)} classes",
+            f"is {model['head']['num_classes']} but dataset {dataset_name!r} has {len(names)} classes",
         )
     if names and model["classes"] == [str(i) for i in range(len(names))]:
         model["classes"] = names
+    ids = getattr(dataset, "category_ids", None)
+    if not names or ids is None:
+        return
+    ids = [int(i) for i in ids]
+    if model["category_ids"] == list(range(len(names))):
+        model["category_ids"] = ids
+    elif model["category_ids"] != ids:
+        raise ConfigError(
+            "model.category_ids",
+            f"is {model['category_ids']} but dataset {dataset_name!r} has category ids {ids}; leave "
+            "model.category_ids out to take the dataset's",
+        )
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device) -> tuple[list, list]:
@@ -117,13 +138,13 @@ class Trainer:
         _seed_everything(self.tcfg["seed"])
 
         seed, task = self.tcfg["seed"], cfg["task"]
-        train_set = build_dataset(cfg["data"]["train"], "data.train")
+        train_set = build_dataset(cfg["data"]["train"], "data.train", task=task)
         _adopt_classes(cfg, train_set)
         augment = cfg["data"].get("augment")
         self.train_data = AugmentedDataset(train_set, task=task, split="train", augment=augment, seed=seed)
         self.eval_data = {
-            split: AugmentedDataset(build_dataset(cfg["data"][split], f"data.{split}"), task=task, split="eval",
-                                    augment=augment, seed=seed)
+            split: AugmentedDataset(build_dataset(cfg["data"][split], f"data.{split}", task=task), task=task,
+                                    split="eval", augment=augment, seed=seed)
             for split in ("val", "test")
             if cfg["data"].get(split) is not None
         }  # fmt: skip
@@ -146,7 +167,8 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         data = read_checkpoint(path, map_location=self.device)
-        if data["config"]["model"] != self.cfg["model"] or data["config"]["task"] != self.cfg["task"]:
+        stored = load_config(data["config"])  # defaults of newer versions filled in (e.g. model.category_ids)
+        if stored["model"] != self.cfg["model"] or stored["task"] != self.cfg["task"]:
             raise LstmdetError(f"cannot resume {path}: the config's task or model differs from the checkpoint's")
         state = data["train_state"]
         if state is None:

@@ -6,8 +6,12 @@ input order, appended and flushed batch by batch. Everything else is derived fro
 
 * ``images.json``: the COCO ``images`` entries (``id`` 1..N in input order over the files that
   could be read, ``file_name``, ``width``, ``height``);
-* ``coco_results.json``: the COCO results list (``image_id``, ``category_id`` = label index,
-  ``bbox`` ``[x, y, w, h]``, ``score``) that ``pycocotools.COCO.loadRes`` takes as it is.
+* ``coco_results.json``: the COCO results list (``image_id``, ``category_id``, ``bbox`` ``[x, y, w,
+  h]``, ``score``) that ``pycocotools.COCO.loadRes`` takes as it is.
+
+``category_id`` is the model's COCO category id of the label (``model.category_ids``: the ids of
+the COCO file it was trained on, e.g. 1..90 with gaps for official COCO; ``0..K-1`` for models
+without ids), so results score against the right categories of that file.
 
 Final files are written to a temporary name and renamed into place (:mod:`lstmdet.fileio`), so a
 reader never sees half a file. :func:`read_done` reads back the lines of an interrupted run for
@@ -42,6 +46,8 @@ SUMMARY = "summary.json"
 OPTIONS = "options.json"
 #: Folder of annotated copies (``--save-images``).
 ANNOTATED = "images"
+#: Everything a run writes in its output folder: what ``--exist-ok`` removes before running again.
+OUTPUTS = (DETECTIONS, IMAGES, RESULTS, SUMMARY, OPTIONS, ANNOTATED)
 #: Decimals kept in the files: boxes to 1/1000 pixel, scores to 1e-5.
 BOX_DECIMALS, SCORE_DECIMALS = 3, 5
 
@@ -51,7 +57,14 @@ _PALETTE = (
 )  # fmt: skip
 
 
-def detection_record(file: str, width: int, height: int, prediction: dict[str, Any], classes: Sequence[str]) -> dict:
+def detection_record(
+    file: str,
+    width: int,
+    height: int,
+    prediction: dict[str, Any],
+    classes: Sequence[str],
+    category_ids: Sequence[int] | None = None,
+) -> dict:
     """The ``detections.jsonl`` line of one image.
 
     Args:
@@ -59,17 +72,23 @@ def detection_record(file: str, width: int, height: int, prediction: dict[str, A
         width: Displayed width in pixels (EXIF orientation applied).
         height: Displayed height.
         prediction: ``boxes`` ``(N, 4)`` xyxy pixels, ``scores`` ``(N,)``, ``labels`` ``(N,)`` (CPU).
-        classes: Class names; ``category_id`` is the label index.
+        classes: Class names, by label.
+        category_ids: COCO category id of each label (``model.category_ids``); ``None``: the label
+            index.
 
     Returns:
         ``{"file", "width", "height", "detections": [{"bbox": [x, y, w, h], "score", "category_id",
-        "category"}]}``, best first.
+        "category"}]}``, best first; ``category`` is ``classes[label]``, ``category_id``
+        ``category_ids[label]``.
     """
+    ids = list(range(len(classes))) if category_ids is None else list(category_ids)
+    if len(ids) != len(classes):
+        raise LstmdetError(f"got {len(ids)} category ids for {len(classes)} classes; give one id per class")
     detections = [
         {
             "bbox": [round(v, BOX_DECIMALS) for v in entry["bbox"]],
             "score": round(entry["score"], SCORE_DECIMALS),
-            "category_id": entry["category_id"],
+            "category_id": ids[entry["category_id"]],
             "category": classes[entry["category_id"]],
         }
         for entry in coco_results_list([prediction], num_classes=len(classes))

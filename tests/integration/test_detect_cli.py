@@ -95,3 +95,35 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, weights, folder, capsys):
         main(["detect", "--help"])
     help_text = capsys.readouterr().out
     assert "exit status" in help_text and "1  some files could not be read" in help_text
+
+
+def test_rerun_with_exist_ok_and_resume_with_the_recorded_options(tmp_path, weights, folder, capsys):
+    out = tmp_path / "out"
+    first = ["detect", str(folder), "--out", str(out), "--weights", str(weights), "--batch-size", "1", "--conf", "0.1",
+             "--workers", "0", "--quiet"]  # fmt: skip
+    assert main(first) == 0
+    capsys.readouterr()
+    assert main(first) == 2
+    assert "--exist-ok to replace it" in capsys.readouterr().err
+    assert main([*first, "--exist-ok"]) == 0
+    reference = (out / "detections.jsonl").read_text()
+
+    # an interrupted run (one of two lines kept) resumed with no flags: the recorded weights and options
+    (out / "detections.jsonl").write_text(reference.splitlines(keepends=True)[0])
+    assert main(["detect", str(folder), "--out", str(out), "--resume", "--quiet"]) == 0
+    assert (out / "detections.jsonl").read_text() == reference
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["resumed"], summary["weights"], summary["score_thresh"]) == (1, str(weights), 0.1)
+    assert "shipped with lstmdet" not in capsys.readouterr().err
+
+    assert main(["detect", str(folder), "--out", str(out), "--resume", "--conf", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--conf" in err and "0.3" in err and "0.1" in err
+
+
+def test_weights_default_names_the_shipped_model(tmp_path, folder, capsys):
+    out = tmp_path / "out"
+    assert main(["detect", str(folder), "--out", str(out), "--weights", "default", "--workers", "0", "--quiet"]) == 0
+    assert "shipped with lstmdet" not in capsys.readouterr().err  # asked for by name: no note
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weights"] == "default" and summary["classes"] == [str(d) for d in range(10)]

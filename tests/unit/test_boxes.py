@@ -1,10 +1,11 @@
-"""Box clipping: one rule for data loading, augmentation and drawing."""
+"""Box clipping (one rule for data loading, augmentation and drawing) and class-agnostic NMS."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from lstmdet.boxes import clip_boxes
+from lstmdet.boxes import class_agnostic_nms, clip_boxes
 
 
 def test_clips_x_to_width_and_y_to_height_without_changing_the_input():
@@ -28,3 +29,17 @@ def test_dtype_shape_and_nan():
 def test_last_pixel_limits_for_drawing():
     x1, y1, x2, y2 = clip_boxes([[-3.0, 5.5, 64.0, 48.0]], 64 - 1, 48 - 1)[0].tolist()
     assert (x1, y1, x2, y2) == (0.0, 5.5, 63.0, 47.0)
+
+
+def test_class_agnostic_nms_keeps_the_best_box_of_each_object_whatever_its_class():
+    prediction = {
+        "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.5, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0],
+                               [0.0, 0.0, 10.0, 9.0]]),
+        "scores": torch.tensor([0.6, 0.9, 0.5, 0.3]),
+        "labels": torch.tensor([1, 7, 1, 1]),
+    }  # fmt: skip
+    kept = class_agnostic_nms(prediction, 0.6)
+    assert torch.equal(kept["scores"], torch.tensor([0.9, 0.5])) and kept["labels"].tolist() == [7, 1]
+    assert kept["boxes"].tolist() == [[0.5, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    assert class_agnostic_nms(empty, 0.5)["boxes"].shape == (0, 4)

@@ -48,6 +48,30 @@ def test_round_trip_gives_identical_outputs(tmp_path, suffix):
             assert torch.equal(a[key], b[key])
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_category_ids_round_trip_and_old_checkpoints_get_label_indices(tmp_path, suffix):
+    torch.manual_seed(1)
+    config = detect_config({"name": "identity"})
+    config["model"]["category_ids"] = [3, 7, 90]
+    path = save_checkpoint(tmp_path / f"ids{suffix}", lstmdet.create_model(config))
+    loaded = lstmdet.load(path)
+    assert loaded.category_ids == [3, 7, 90] and read_checkpoint(path)["config"]["model"]["category_ids"] == [3, 7, 90]
+
+    old = _model()  # a checkpoint written before category ids existed: its config has none
+    path = save_checkpoint(tmp_path / "old.pt", old)
+    data = torch.load(path, weights_only=True)
+    del data["config"]["model"]["category_ids"]
+    torch.save(data, path)
+    assert lstmdet.load(path).category_ids == [0, 1, 2]
+
+
+def test_the_shipped_model_loads_by_the_name_default():
+    named, shipped = lstmdet.load("default"), lstmdet.load()
+    assert named.config == shipped.config
+    pairs = zip(named.state_dict().values(), shipped.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_checkpoint_carries_version_and_train_state(tmp_path):
     model = _model()
     path = save_checkpoint(tmp_path / "last.pt", model, train_state={"epoch": 3, "rng": torch.get_rng_state()})

@@ -18,6 +18,7 @@ def _error(config) -> ConfigError:
 def test_defaults_are_filled():
     cfg = load_config(detect_config({"name": "bilstm", "hidden": 16}))
     assert cfg["model"]["classes"] == ["0", "1", "2"]
+    assert cfg["model"]["category_ids"] == [0, 1, 2]
     assert cfg["model"]["input"]["max_size"] == 64
     assert cfg["model"]["encoder"]["levels"] is None
     cfg = load_config(
@@ -41,6 +42,9 @@ def test_defaults_are_filled():
         (lambda c: c["model"]["input"].update(max_size=10), "model.input.max_size", "classify"),
         (lambda c: c["model"]["encoder"].update(levels=[]), "model.encoder.levels", "non-empty"),
         (lambda c: c.update(train=[1]), "train", "mapping"),
+        (lambda c: c["model"].update(category_ids=[1, 2]), "model.category_ids", "one id per class"),
+        (lambda c: c["model"].update(category_ids=[1] * 10), "model.category_ids", "without repeats"),
+        (lambda c: c["model"].update(category_ids=["a"] * 10), "model.category_ids", "integers"),
     ],
 )
 def test_bad_fields_are_named(mutate, field, hint):

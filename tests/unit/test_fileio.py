@@ -92,3 +92,21 @@ def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path):
         first.write("more of the first\n")
     assert path.read_text() == "first\nmore of the first\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_remove_outputs_removes_only_the_named_entries_and_never_follows_links(tmp_path):
+    from lstmdet.fileio import remove_outputs
+
+    out = tmp_path / "out"
+    (out / "images" / "deep").mkdir(parents=True)
+    (out / "images" / "deep" / "a.png").write_bytes(b"x")
+    (out / "annotations.json").write_text("{}")
+    (out / "mine.txt").write_text("keep")
+    kept = tmp_path / "elsewhere"
+    kept.mkdir()
+    (kept / "b.png").write_bytes(b"y")
+    (out / "link").symlink_to(kept)
+    removed = remove_outputs(out, ("annotations.json", "images", "link", "missing.json"))
+    assert removed == ["annotations.json", "images", "link"]
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and (kept / "b.png").is_file()
+    assert remove_outputs(tmp_path / "nowhere", ("images",)) == []

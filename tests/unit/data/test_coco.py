@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from lstmdet.data.coco import DataFormatError, load_coco, write_coco_dataset, yolo_to_coco
+from lstmdet.errors import LstmdetError
 from lstmdet.plugins.datasets_digits import DigitsDet, DigitsVideo
 
 COCO30 = ROOT / "tests" / "data" / "coco30"
@@ -135,6 +136,14 @@ def test_write_clip_dataset_has_videos_frames_and_tracks(tmp_path):
     expected_tracks = sum(len(dataset[i][1]["frames"][0]["labels"]) for i in range(2))
     assert len(tracks) == expected_tracks and len(data["annotations"]) == 3 * expected_tracks
     COCO(str(tmp_path / "v" / "annotations.json"))
+
+
+def test_write_refuses_a_non_empty_folder_unless_exist_ok(tmp_path):
+    write_coco_dataset(DigitsDet(images=3, seed=1, size=32), tmp_path / "out")
+    with pytest.raises(LstmdetError, match=r"not empty \(it holds annotations.json, images\)"):
+        write_coco_dataset(DigitsDet(images=2, seed=1, size=32), tmp_path / "out")
+    summary = write_coco_dataset(DigitsDet(images=2, seed=1, size=32), tmp_path / "out", exist_ok=True)
+    assert summary["images"] == 2 and len(list((tmp_path / "out" / "images").iterdir())) == 2
 
 
 def test_write_rejects_classification_items(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TIMING, assert_same_outputs, save_tiny
+from helpers import ROOT, TIMING, assert_same_outputs, save_tiny, tiny_config
 from PIL import Image
 
 import lstmdet
@@ -146,6 +146,40 @@ def test_coco30_contract_loadres_and_cocoeval(tmp_path, weights):
     assert len(evaluator.stats) == 12
 
 
+def test_a_model_trained_on_coco_ids_writes_those_ids(tmp_path):
+    """Category ids 3, 7, 90 (not 0..2): training keeps them in the checkpoint, detect writes them."""
+    from pycocotools.coco import COCO
+
+    images, annotations = [], []
+    (tmp_path / "images").mkdir()
+    for i in range(4):
+        Image.fromarray(noise(32, 32, 60 + i)).save(tmp_path / "images" / f"a{i}.png")
+        images.append({"id": i + 1, "file_name": f"a{i}.png", "width": 32, "height": 32})
+        for k, cid in enumerate((3, 7, 90)):
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cid,
+                                "bbox": [2.0 + 9 * k, 4.0, 8.0, 10.0], "area": 80.0, "iscrowd": 0})  # fmt: skip
+    categories = [{"id": 90, "name": "kite"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    config = tiny_config()
+    del config["model"]["classes"]
+    config["data"] = {"train": {"name": "coco", "annotations": str(gt)}}
+    config["train"] = {"epochs": 1, "batch_size": 4, "workers": 0, "progress": False, "device": "cpu"}
+    lstmdet.train(config, tmp_path / "run")
+    model = lstmdet.load(tmp_path / "run" / "best.pt")
+    assert model.classes == ["cat", "dog", "kite"] and model.category_ids == [3, 7, 90]
+
+    out = tmp_path / "out"
+    summary = run(tmp_path / "images", out, tmp_path / "run" / "best.pt", score_thresh=0.0)
+    assert summary["detections"] > 0
+    detections = [d for r in lines(out) for d in r["detections"]]
+    assert {(d["category_id"], d["category"]) for d in detections} <= {(3, "cat"), (7, "dog"), (90, "kite")}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = COCO(str(gt)).loadRes(str(out / "coco_results.json"))
+    assert {a["category_id"] for a in coco_dt.dataset["annotations"]} <= {3, 7, 90}
+    assert len(coco_dt.dataset["annotations"]) == summary["detections"]
+
+
 def test_odd_and_broken_files_give_exact_lines_and_identical_reruns(tmp_path, weights):
     src = odd_folder(tmp_path / "src")
     first = run(src, tmp_path / "a", weights, save_images=True, max_pixels=10_000_000, batch_size=4)
@@ -190,21 +224,68 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, weights):
     whole = tmp_path / "whole"
     run(src, whole, weights, batch_size=3, save_images=True)
 
-    cut = tmp_path / "cut"
-    run(src, cut, weights, batch_size=3, save_images=True)
-    text = (cut / "detections.jsonl").read_text()
-    kept = text.splitlines(keepends=True)[:4]  # 4 lines: the second batch of 3 is half done
-    (cut / "detections.jsonl").write_text("".join(kept) + text.splitlines(keepends=True)[4][:20])  # + a torn line
-    for name in ("images.json", "coco_results.json", "summary.json"):
-        (cut / name).unlink()
+    def cut_run(out: Path) -> Path:
+        run(src, out, weights, batch_size=3, save_images=True)
+        text = (out / "detections.jsonl").read_text()
+        kept = text.splitlines(keepends=True)[:4]  # 4 lines: the second batch of 3 is half done
+        (out / "detections.jsonl").write_text("".join(kept) + text.splitlines(keepends=True)[4][:20])  # + a torn line
+        for name in ("images.json", "coco_results.json", "summary.json"):
+            (out / name).unlink()
+        return out
+
+    cut = cut_run(tmp_path / "cut")
     summary = run(src, cut, weights, batch_size=3, save_images=True, resume=True)
     assert summary["resumed"] == 4 and summary["images"] == 9 and summary["failed"] == 1
     assert_same_outputs(whole, cut, ignore=("resumed",))
 
     with pytest.raises(LstmdetError, match="--resume"):
         run(src, cut, weights, batch_size=3)
-    with pytest.raises(LstmdetError, match=r"other options.*batch_size"):
+    with pytest.raises(LstmdetError, match=r"batch_size \(--batch-size\) is 4 now but the run was started with 3"):
         run(src, cut, weights, batch_size=4, resume=True)
+
+    # a resume without weights or options runs with those options.json recorded
+    recorded = json.loads((cut / "options.json").read_text())["options"]
+    assert (recorded["weights"], recorded["batch_size"], recorded["save_images"]) == (str(weights), 3, True)
+    bare = cut_run(tmp_path / "bare")
+    summary = lstmdet.detect(src, bare, resume=True, progress=False, workers=0)
+    assert summary["resumed"] == 4 and summary["weights"] == str(weights) and summary["batch_size"] == 3
+    assert_same_outputs(whole, bare, ignore=("resumed",))
+
+    # a run started by an older lstmdet: options.json without "options" and without agnostic_nms
+    old = cut_run(tmp_path / "old")
+    record = json.loads((old / "options.json").read_text())
+    del record["options"], record["agnostic_nms"]
+    (old / "options.json").write_text(json.dumps(record))
+    assert run(src, old, weights, batch_size=3, save_images=True, resume=True)["resumed"] == 4
+    assert_same_outputs(whole, old, ignore=("resumed",))
+
+
+def test_exist_ok_replaces_only_what_a_previous_run_wrote(tmp_path, weights):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(noise(30, 40, 70 + i)).save(src / f"im{i}.png")
+    out = tmp_path / "out"
+    run(src, out, weights, save_images=True, max_detections=2)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(LstmdetError, match="--exist-ok to replace it"):
+        run(src, out, weights)
+    with pytest.raises(LstmdetError, match="pass one of them"):
+        run(src, out, weights, resume=True, exist_ok=True)
+    summary = run(src, out, weights, exist_ok=True)
+    assert summary["images"] == 3 and summary["resumed"] == 0 and not (out / "images").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    run(src, tmp_path / "fresh", weights)
+    assert_same_outputs(tmp_path / "fresh", out)
+
+    # never removes the images it is asked to detect: SRC is OUT/images, or OUT itself holds them there
+    (tmp_path / "o2" / "images").mkdir(parents=True)
+    Image.fromarray(noise(30, 40, 80)).save(tmp_path / "o2" / "images" / "mine.png")
+    for source in (tmp_path / "o2" / "images", tmp_path / "o2"):
+        with pytest.raises(LstmdetError, match="images to detect lie inside it"):
+            run(source, tmp_path / "o2", weights, exist_ok=True)
+    assert (tmp_path / "o2" / "images" / "mine.png").is_file()
 
 
 def assert_records_match(records: list[dict], predictions: list[dict]) -> None:
@@ -307,6 +388,34 @@ def test_single_file_and_usage_errors(tmp_path, weights):
     )  # fmt: skip
     with pytest.raises(LstmdetError, match="detection model"):
         lstmdet.detect(tmp_path / "one.jpg", tmp_path / "o5", model=classify, progress=False, workers=0)
+
+
+def test_default_settings_give_about_one_box_per_digit(tmp_path):
+    """The shipped model on 20 held-out digit scenes: --conf 0.25 by default, --agnostic-nms one box per object.
+
+    At the head's own threshold (0.05, which eval keeps for COCO mAP) these scenes gave ~30 boxes per
+    digit; at 0.25 a digit can still come out twice with two classes, which --agnostic-nms removes.
+    """
+    from torchvision.ops import box_iou
+
+    scenes = lstmdet.create_component("datasets", "digits_det", images=20, seed=5, split="test")
+    (tmp_path / "src").mkdir()
+    digits = 0
+    for i in range(len(scenes)):
+        image, target = scenes[i]
+        Image.fromarray(image).save(tmp_path / "src" / f"{i:02d}.png")
+        digits += len(target["boxes"])
+    model = lstmdet.load()
+    plain = lstmdet.detect(tmp_path / "src", tmp_path / "plain", model=model, progress=False, workers=0)
+    assert plain["score_thresh"] == 0.25 and model.head.score_thresh == 0.05  # eval keeps the head's own
+    assert digits <= plain["detections"] <= 2 * digits, (plain["detections"], digits)
+    one = lstmdet.detect(tmp_path / "src", tmp_path / "one", model=model, progress=False, workers=0, agnostic_nms=True)
+    assert one["agnostic_nms"] and abs(one["detections"] - digits) <= 0.3 * digits, (one["detections"], digits)
+    for record in lines(tmp_path / "one"):
+        boxes = torch.tensor([d["bbox"] for d in record["detections"]]).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        overlaps = box_iou(boxes, boxes).fill_diagonal_(0)
+        assert not (overlaps > 0.7).any(), record["file"]
 
 
 @pytest.mark.parametrize(

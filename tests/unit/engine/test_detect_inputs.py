@@ -76,6 +76,14 @@ def test_listing_errors_say_what_to_give(tmp_path):
         list_inputs(image(tmp_path / "one.png"), tmp_path / "out", sequence=True)
 
 
+def test_sequence_mode_refuses_a_folder_without_video_sub_folders(tmp_path):
+    for name in ("f0.png", "f1.png"):
+        image(tmp_path / "flat" / name)
+    with pytest.raises(LstmdetError, match=r"--sequence wants one sub-folder of frames per video, but .*flat has none"):
+        list_inputs(tmp_path / "flat", tmp_path / "out", sequence=True)
+    assert len(list_inputs(tmp_path / "flat", tmp_path / "out").names) == 2  # without --sequence: fine
+
+
 # --- decoding -------------------------------------------------------------------------------------------------------
 
 

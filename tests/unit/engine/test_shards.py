@@ -62,6 +62,16 @@ def test_shards_merge_to_the_in_process_files(tmp_path, weights):
     assert merge_shards(tmp_path / "job") == summary  # a second merge (a redelivered task) changes nothing
 
 
+def test_shards_write_the_models_category_ids(tmp_path):
+    ids = save_tiny(tmp_path / "ids.pt", category_ids=[3, 7, 90])
+    src = folder(tmp_path / "src", 5)
+    lstmdet.detect(src, tmp_path / "direct", ids, batch_size=2, workers=0, progress=False)
+    sharded(src, tmp_path / "job", ids, shard_size=2, batch_size=2)
+    assert_same_outputs(tmp_path / "direct", tmp_path / "job")
+    results = json.loads((tmp_path / "job" / "coco_results.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {3, 7, 90}
+
+
 def test_sequence_shards_keep_videos_whole(tmp_path):
     convlstm = save_tiny(tmp_path / "convlstm.pt", {"name": "convlstm", "hidden": 8})
     src = folder(tmp_path / "videos", 18, videos=3)

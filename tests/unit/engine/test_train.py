@@ -99,6 +99,30 @@ def test_out_dir_and_resume_guards(tmp_path):
         lstmdet.train(config, tmp_path / "run", overrides=["model.encoder.hidden=8"], resume=True)
 
 
+def test_the_datasets_category_ids_are_adopted_unless_the_config_gives_others():
+    from types import SimpleNamespace
+
+    from lstmdet.engine.train import _adopt_classes
+    from lstmdet.errors import ConfigError
+
+    dataset = SimpleNamespace(classes=["cat", "dog"], category_ids=[3, 90])
+    config = {"task": "detect", "data": {"train": {"name": "coco"}},
+              "model": {"backbone": "small_cnn", "head": {"name": "fcos", "num_classes": 2}}}  # fmt: skip
+    cfg = load_config(config)
+    _adopt_classes(cfg, dataset)
+    assert (cfg["model"]["classes"], cfg["model"]["category_ids"]) == (["cat", "dog"], [3, 90])
+    config["model"]["category_ids"] = [1, 2]
+    with pytest.raises(ConfigError, match=r"model.category_ids.*\[1, 2\].*\[3, 90\]"):
+        _adopt_classes(load_config(config), dataset)
+
+
+def test_a_dataset_of_another_task_is_refused(tmp_path):
+    config = mnist_config()
+    config["data"]["val"] = {"name": "digits_det", "images": 2}
+    with pytest.raises(LstmdetError, match=r"data.val: dataset 'digits_det' is a detect dataset but the model is a"):
+        lstmdet.train(config, tmp_path)
+
+
 def test_early_stopping(tmp_path):
     config = mnist_config(epochs=6, lr=0.0, warmup=0.0, scheduler="none", patience=2)
     config["data"]["train"]["images"] = 32

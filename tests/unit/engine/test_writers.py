@@ -60,6 +60,15 @@ def test_a_detection_record_rounds_boxes_and_scores_and_names_classes():
     assert detection_record("b.png", 5, 6, empty, CLASSES)["detections"] == []
 
 
+def test_a_detection_record_writes_the_models_category_ids():
+    prediction = {"boxes": torch.tensor([[0.0, 0.0, 3.0, 4.0], [1.0, 1.0, 2.0, 2.0]]),
+                  "scores": torch.tensor([0.9, 0.5]), "labels": torch.tensor([2, 0])}  # fmt: skip
+    record = detection_record("a.png", 5, 5, prediction, CLASSES, [3, 7, 90])
+    assert [(d["category_id"], d["category"]) for d in record["detections"]] == [(90, "kite"), (3, "cat")]
+    with pytest.raises(LstmdetError, match="one id per class"):
+        detection_record("a.png", 5, 5, prediction, CLASSES, [3, 7])
+
+
 def test_a_label_outside_the_classes_is_refused():
     prediction = {"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "scores": torch.tensor([0.5]),
                   "labels": torch.tensor([3])}  # fmt: skip

@@ -84,13 +84,14 @@ def test_detect_spec_resolved(roots):
     root = roots[0]
     (root / "w.pt").write_bytes(b"")
     spec = {"src": f"{root}/in/../in", "out": f"{root}/out", "weights": f"{root}/./w.pt",
-            "options": {"device": "cpu", "batch_size": 4}}  # fmt: skip
+            "options": {"device": "cpu", "batch_size": 4, "agnostic_nms": True}}  # fmt: skip
     checked = validate_spec("detect", spec, roots)
     assert checked["src"] == str(root / "in")
     assert checked["out"] == str(root / "out")
     assert checked["weights"] == str(root / "w.pt")
     assert checked["shard_size"] == DEFAULT_SHARD_SIZE == 256
     assert checked["options"]["device"] == "cpu" and checked["options"]["batch_size"] == 4
+    assert checked["options"]["agnostic_nms"] is True
     assert {"score_thresh", "half", "workers"} <= set(checked["options"])
     assert spec["src"] == f"{root}/in/../in"  # the caller's spec is not changed
 
@@ -98,6 +99,9 @@ def test_detect_spec_resolved(roots):
 def test_detect_spec_default_weights(roots):
     checked = validate_spec("detect", {"src": str(roots[0] / "in"), "out": str(roots[0] / "out")}, roots)
     assert checked["weights"] is None
+    named = {"src": str(roots[0] / "in"), "out": str(roots[0] / "out"), "weights": "default"}
+    assert validate_spec("detect", named, roots)["weights"] is None  # the shipped model by name: no path to check
+    assert validate_spec("eval", {"weights": "default"}, roots)["weights"] == "default"
 
 
 @pytest.mark.parametrize("field", ["src", "out", "weights"])
