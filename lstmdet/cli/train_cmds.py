@@ -75,13 +75,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the metrics."""
     from lstmdet.engine.evaluate import evaluate_checkpoint
+    from lstmdet.fileio import prepare_file
 
+    if args.out:
+        prepare_file(args.out, "--out")
     metrics = evaluate_checkpoint(
         args.weights, data=parse_data(args.data), batch_size=args.batch_size, workers=args.workers, device=args.device
     )
     text = json.dumps(metrics, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     print(text)
     return 0

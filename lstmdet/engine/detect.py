@@ -59,7 +59,7 @@ from lstmdet.engine.writers import (
     read_done,
 )
 from lstmdet.errors import Cancelled, LstmdetError
-from lstmdet.fileio import atomic_write_json
+from lstmdet.fileio import atomic_write_json, prepare_folder
 from lstmdet.model import LstmdetModel
 from lstmdet.options import check_float, check_int
 
@@ -342,7 +342,7 @@ def detect(
     inputs = list_inputs(src, out, sequence=opts.sequence)
     detector = open_detector(weights, model=model, device=opts.device)
     with head_options(detector, opts) as run_options:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_folder(out, "--out")
         done, keep = _start(out, run_options, resume)
         processed, loop_seconds = detect_files(
             detector, inputs, jsonl, opts, out=out, resumed=(done, keep), progress=progress, should_stop=should_stop
