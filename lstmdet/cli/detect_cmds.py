@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lstmdet.cli.arguments import non_negative_int, positive_int, unit_interval
+
 EXIT_STATUS = """\
 exit status:
   0  every file was processed
@@ -47,14 +49,16 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC", help="image file, or folder searched recursively")
     p.add_argument("--weights", metavar="CKPT", help="checkpoint file (default: the model shipped with lstmdet)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
     p.add_argument(
-        "--workers", type=int, default=None, metavar="N",
+        "--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default 8)"
+    )
+    p.add_argument(
+        "--workers", type=non_negative_int, default=None, metavar="N",
         help="image-decoding processes (default: 0 on CPU with <= 2 cores, else min(4, cores/2); CUDA: cores-1, <= 8)",
     )  # fmt: skip
-    p.add_argument("--conf", type=float, metavar="F", help="minimum score kept (default: the head's)")
-    p.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold (default: the head's)")
-    p.add_argument("--max-det", type=int, metavar="N", help="detections kept per image (default: the head's)")
+    p.add_argument("--conf", type=unit_interval, metavar="F", help="minimum score kept (default: the head's)")
+    p.add_argument("--iou", type=unit_interval, metavar="F", help="NMS IoU threshold (default: the head's)")
+    p.add_argument("--max-det", type=positive_int, metavar="N", help="detections kept per image (default: the head's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--half", action="store_true", help="float16 mixed precision (CUDA only; ignored on CPU)")
     p.add_argument("--save-images", action="store_true", help="also write annotated copies under DIR/images/")
@@ -64,7 +68,7 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
         "carry their state from frame to frame",
     )  # fmt: skip
     p.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
         help=f"largest width*height read; larger files are refused unread (default {DEFAULT_MAX_PIXELS})",
     )  # fmt: skip
 
@@ -83,11 +87,11 @@ def run_detect(args: argparse.Namespace) -> int:
     from lstmdet.engine.detect import detect
     from lstmdet.engine.writers import ANNOTATED, DETECTIONS
 
-    if args.weights is None:
-        print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     summary = detect(
         args.src, args.out, args.weights, resume=args.resume, progress=not args.quiet, **detect_options(args)
     )
+    if args.weights is None:  # after the run: a usage error stays one line
+        print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     files = "detections.jsonl, images.json, coco_results.json, summary.json"
     print(f"outputs in {args.out}: {files}" + (f", {ANNOTATED}/" if args.save_images else ""))
     resumed = f", {summary['resumed']} kept from the earlier run" if summary["resumed"] else ""

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lstmdet.cli.arguments import non_negative_int, positive_int
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``train`` and ``eval`` sub-commands."""
@@ -25,7 +27,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "COCO mAP (detect). Default data: the checkpoint config's data.test, else data.val.",
     )
     add_eval_arguments(p)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes (default 0)")
     p.set_defaults(func=run_eval)
 
 
@@ -45,7 +47,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="checkpoint file (last.pt / best.pt)")
     p.add_argument("--data", help="dataset as YAML, e.g. '{name: digits_det, images: 300, split: test}'")
     p.add_argument("--out", help="write the metrics as JSON to this file")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto")
 
 
@@ -57,7 +59,11 @@ def parse_data(text: str | None) -> dict | None:
 
     if not text:
         return None
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError("--data", f"is not valid YAML ({problem}); e.g. '{{name: mnist_idx, split: test}}'") from None
     if not isinstance(data, dict) or "name" not in data:
         raise ConfigError("--data", "must be a YAML mapping with a name, e.g. '{name: mnist_idx, split: test}'")
     return data

@@ -16,7 +16,7 @@ from torch import nn
 from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader, readable
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.metrics import classification_metrics, coco_detection_metrics
-from lstmdet.errors import LstmdetError
+from lstmdet.errors import LstmdetError, LstmdetWarning
 
 
 @torch.inference_mode()
@@ -52,7 +52,9 @@ def evaluate(model: nn.Module, dataset: AugmentedDataset, *, batch_size: int = 1
     model.train(was_training)
     if skipped:
         shown = ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
-        warnings.warn(f"evaluation left out {len(skipped)} unreadable image files: {shown}", stacklevel=2)
+        warnings.warn(
+            f"evaluation left out {len(skipped)} unreadable image files: {shown}", LstmdetWarning, stacklevel=2
+        )
     if not truths:
         raise LstmdetError(
             "the evaluation dataset is empty" + (f" ({len(skipped)} unreadable files left out)" if skipped else "")
