@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from lstmdet.errors import CheckpointError
 from lstmdet.fileio import atomic_path
@@ -27,6 +30,13 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL = "default.pt"
 #: The name ``--weights`` and :func:`load_model` take for the shipped model (a file named so: ``./default``).
 DEFAULT_WEIGHTS = "default"
+#: What to pass instead of a file that is not a checkpoint.
+WRITTEN_BY = "pass a file written by `lstmdet train` (best.pt / last.pt)"
+#: How the two checkpoint formats begin: a zip archive (``torch.save``), a pickle (older
+#: ``torch.save``), or safetensors' 8-byte header length followed by its JSON header.
+_ZIP_MAGIC, _PICKLE_PROTO = b"PK\x03\x04", 0x80
+#: Bytes read to tell what a file that is no checkpoint holds.
+_SNIFF_BYTES = 1 << 16
 
 
 def default_model_path() -> Path:
@@ -82,24 +92,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
-    if path.suffix == ".safetensors":
-        data = _read_safetensors(path, map_location)
-    else:
-        try:
-            data = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"refused to load {path}: it carries pickled Python objects that are not plain data or tensors "
-                f"({str(exc).splitlines()[0][:200]}). lstmdet never unpickles code; re-save the model with "
-                "lstmdet (or as .safetensors) from a trusted environment"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}; {WRITTEN_BY}")
+    content = _sniff(path)
+    if content is not None:
+        raise CheckpointError(f"{path} is not an lstmdet checkpoint (it is {content}); {WRITTEN_BY}")
+    data = _read_safetensors(path, map_location) if path.suffix == ".safetensors" else _torch_load(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not an lstmdet checkpoint (no '{FORMAT}' header); "
-            "checkpoints are written by `lstmdet train` or lstmdet.checkpoint.save_checkpoint"
+            f"{path} is not an lstmdet checkpoint (it is a PyTorch file without the '{FORMAT}' header, e.g. a bare "
+            f"state_dict or another library's checkpoint); {WRITTEN_BY}, or lstmdet.checkpoint.save_checkpoint"
         )
     if data.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
@@ -108,6 +110,67 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     data.setdefault("train_state", None)
     return data
+
+
+def _sniff(path: Path) -> str | None:
+    """What ``path`` holds when it is clearly no checkpoint (``"a text file ..."``); ``None`` when it may be one."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if not head:
+        return "empty: 0 bytes"
+    if path.suffix == ".safetensors" or head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO:
+        return None  # read by safetensors / torch, whose errors say what is wrong
+    if head[8:10] == b'{"':
+        return "a safetensors file; give it the .safetensors suffix"
+    for magic, kind in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image")):
+        if head.startswith(magic):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # binary, unless only a character cut at the end of the sample
+        text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
+    if not text or "\x00" in text:
+        return "binary data of an unknown format"
+    try:
+        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError):
+        data = None
+    if isinstance(data, dict) and {"task", "model"} & set(data):
+        return "a text file holding a YAML config, which `lstmdet train CONFIG` turns into a checkpoint"
+    if isinstance(data, (dict, list)):
+        return f"a text file holding {'JSON' if text.lstrip()[:1] in '{[' else 'YAML'} data"
+    return "a text file"
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` with its failures reported as :class:`CheckpointError`."""
+    try:
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise about a file that is refused anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:  # no foreign object named: a pickle that torch's safe loader cannot parse
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+            reason = f" ({detail.group(1).strip()[:200]})" if detail else ""
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it is a pickle file that is not a PyTorch checkpoint{reason}; "
+                f"{WRITTEN_BY}"
+            ) from None
+        raise CheckpointError(
+            f"refused to load {path}: it carries pickled Python objects ({found.group(1)}) that are not plain data "
+            "or tensors, and loading them could run code from the file. lstmdet never unpickles code; re-save the "
+            f"model with lstmdet (or as .safetensors) from a trusted environment, or {WRITTEN_BY}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is not a complete PyTorch file ({reason}); it may be truncated or "
+            f"damaged: {WRITTEN_BY}"
+        ) from None
 
 
 def _read_safetensors(path: Path, map_location: str | torch.device) -> dict[str, Any]:

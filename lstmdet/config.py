@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from lstmdet.errors import ConfigError, LstmdetError
+from lstmdet.errors import ConfigError, LstmdetError, did_you_mean
 from lstmdet.levels import parse_levels
 from lstmdet.options import check_choice, check_int, check_list, check_type, is_int, is_number
 
@@ -129,6 +129,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise LstmdetError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise LstmdetError(
+            f"config file {path} is not a text file (not UTF-8: an image, a checkpoint?); pass a YAML config"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -212,7 +216,9 @@ def _check_keys(mapping: Mapping[str, Any], allowed: tuple[str, ...], where: str
     for key in mapping:
         if key not in allowed:
             field = key if where == "config" else f"{where}.{key}"
-            raise ConfigError(field, f"unknown key; allowed keys here: {', '.join(allowed)}")
+            raise ConfigError(
+                field, f"unknown key{did_you_mean(key, allowed)}; allowed keys here: {', '.join(allowed)}"
+            )
 
 
 def _mapping(value: Any, field: str) -> dict[str, Any]:

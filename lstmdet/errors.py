@@ -1,10 +1,18 @@
-"""Exceptions that lstmdet raises for mistakes a user can fix.
+"""Exceptions that lstmdet raises for mistakes a user can fix, and the warnings it gives.
 
 Every error here is a :class:`LstmdetError`. The CLI prints such errors as one line and exits
 with status 2 instead of showing a traceback, so each message says what was wrong and what to do.
+Any other exception is a bug: the CLI prints its traceback and exits with status 1. Code that
+calls a library which fails on a user's input (a file, a URL, an argument) converts that failure
+into an ``LstmdetError`` where it happens, naming the input.
+
+Warnings about a user's data are :class:`LstmdetWarning`; the CLI prints each as one line.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class LstmdetError(Exception):
@@ -16,6 +24,22 @@ class UnknownComponentError(LstmdetError, KeyError):
 
     def __str__(self) -> str:  # KeyError would wrap the message in quotes
         return str(self.args[0])
+
+
+class UnknownOptionError(LstmdetError):
+    """A component was given an option its factory does not take.
+
+    Args:
+        option: The unknown option's name.
+        message: What was wrong, the closest accepted option and the accepted ones.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across processes
+        return type(self), (self.option, str(self))
 
 
 class DuplicateComponentError(LstmdetError):
@@ -69,3 +93,18 @@ class CheckpointError(LstmdetError):
 
 class Cancelled(LstmdetError):
     """A run stopped because its caller asked it to (a cancelled job); it wrote no final files."""
+
+
+class LstmdetWarning(UserWarning):
+    """A warning about the user's data or settings (a clipped box, a skipped file); one line in the CLI."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` with the choice closest to ``name``, or ``""`` when none is close.
+
+    Args:
+        name: What the user wrote.
+        choices: What is accepted there.
+    """
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,4 +1,11 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half a file.
+"""Output paths: atomic file writes, and the checks of output folders and files given by a user.
+
+:func:`prepare_folder` and :func:`prepare_file` are the one place a command readies a path it was
+told to write to (``--out``, ``OUT``): a file where a folder belongs, a folder where a file belongs
+or a path the system refuses to create is an :class:`~lstmdet.errors.LstmdetError` naming the path,
+not an ``OSError`` from deep inside a writer.
+
+Atomic writes: a reader sees the old file or the complete new one, never half a file.
 
 Each write goes to a temporary file in the target's folder (so the final ``os.replace`` is a rename
 on one file system) and is renamed over the target only when it is complete; on any error the
@@ -24,14 +31,77 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from lstmdet.errors import LstmdetError
+
 __all__ = [
     "atomic_open",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "prepare_file",
+    "prepare_folder",
     "remove_outputs",
 ]
+
+
+def prepare_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create the output folder ``path`` (and its parents) unless it exists; refuse a path that cannot be one.
+
+    Args:
+        path: The folder.
+        what: How the user named it, for messages: ``"--out"``, ``"output folder"``.
+
+    Returns:
+        ``Path(path)``, an existing folder.
+
+    Raises:
+        LstmdetError: ``path`` or one of its parents is an existing file, or the folder cannot be
+            created (no permission, a read-only or virtual file system such as ``/proc``).
+    """
+    path = Path(path)
+    problem = _folder_problem(path)
+    if problem:
+        raise LstmdetError(f"{what} {path}: {problem}; choose a folder you can write to (it is created when missing)")
+    return path
+
+
+def prepare_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check that ``path`` can be written as a file and create its parent folders.
+
+    Args:
+        path: The file to be written (it may exist: it will be replaced).
+        what: How the user named it, for messages: ``"--out"``, ``"OUT_JSON"``.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        LstmdetError: ``path`` is an existing folder, or its folder cannot be made (see :func:`prepare_folder`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise LstmdetError(f"{what} {path} is a folder; name the file to write, e.g. {path / 'out.json'}")
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise LstmdetError(f"{what} {path} cannot be written: its folder {path.parent}: {problem}; choose another path")
+    return path
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Create folder ``path`` (with parents); ``None`` when it is a writable folder, else what is wrong."""
+    blocker = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.exists():
+        return f"{'it' if blocker == path else blocker} is a broken symbolic link"
+    if blocker is not None and not blocker.is_dir():
+        return f"{'it' if blocker == path else blocker} is an existing file, not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "it is not writable by this user"
+    return None
 
 
 @contextmanager

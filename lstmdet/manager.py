@@ -16,11 +16,12 @@ import difflib
 import os
 import sys
 from collections.abc import Iterable
+from importlib.metadata import entry_points
 
 import pluggy
 
 from lstmdet import hookspecs
-from lstmdet.errors import LstmdetError
+from lstmdet.errors import LstmdetError, did_you_mean
 from lstmdet.registry import KINDS, ComponentRegistry, Registrar
 
 ENTRY_POINT_GROUP = "lstmdet"
@@ -61,12 +62,17 @@ def build_plugin_manager(
 
     Raises:
         LstmdetError: lstmdet's own built-in plugins are missing although none was disabled
-            (lstmdet is imported from a source tree that was never installed), or a plugin
-            implements a hook that lstmdet does not define (a misspelt name).
+            (lstmdet is imported from a source tree that was never installed), a plugin
+            implements a hook that lstmdet does not define (a misspelt name), or a name to block
+            matches no installed plugin (a misspelt name would otherwise block nothing, silently).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     blocked = disabled_from_env() if disabled is None else list(disabled)
+    extra_plugins = list(extra_plugins)
+    _check_blocked(  # before any plugin is imported: a misspelt name fails fast
+        blocked, [*(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)), *(n for n, _ in extra_plugins)]
+    )
     for name in blocked:
         pm.set_blocked(name)
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
@@ -80,6 +86,17 @@ def build_plugin_manager(
             "group: install lstmdet (`pip install -e .` in the source tree) instead of importing it from a path"
         )
     return pm
+
+
+def _check_blocked(blocked: list[str], installed: list[str]) -> None:
+    """Refuse a name to block that matches no installed plugin, naming it and listing the plugins."""
+    unknown = [name for name in blocked if name not in installed]
+    if unknown:
+        name = unknown[0]
+        raise LstmdetError(
+            f"{DISABLE_ENV} names {name!r}, which is not an installed plugin{did_you_mean(name, installed)}; "
+            f"plugins: {', '.join(sorted(set(installed)))} (see `lstmdet plugins`)"
+        )
 
 
 def _check_hooks(pm: pluggy.PluginManager) -> None:

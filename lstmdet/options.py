@@ -38,7 +38,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lstmdet.errors import ConfigError, LstmdetError, OptionError
+from lstmdet.errors import ConfigError, LstmdetError, OptionError, did_you_mean
 
 __all__ = [
     "check_bool",
@@ -172,7 +172,8 @@ def check_choice(
         OptionError: Any other value (``ConfigError`` when ``owner`` is ``None``).
     """
     if not isinstance(value, str) or value not in choices:
-        raise _error(value, option, owner, f"one of {', '.join(choices)}", hint)
+        close = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise _error(value, option, owner, f"one of {', '.join(choices)}", hint, close)
     return value
 
 
@@ -268,8 +269,10 @@ def check_list(
     return list(value)
 
 
-def _error(value: Any, option: str, owner: str | None, requirement: str, hint: str | None) -> LstmdetError:
-    message = f"must be {requirement}, got {value!r}" + (f"; {hint}" if hint else "")
+def _error(
+    value: Any, option: str, owner: str | None, requirement: str, hint: str | None, close: str = ""
+) -> LstmdetError:
+    message = f"must be {requirement}, got {value!r}{close}" + (f"; {hint}" if hint else "")
     return ConfigError(option, message) if owner is None else OptionError(owner, option, message)
 
 

@@ -20,11 +20,18 @@ listing the names that are available.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lstmdet.errors import ConfigError, DuplicateComponentError, LstmdetError, UnknownComponentError
+from lstmdet.errors import (
+    ConfigError,
+    DuplicateComponentError,
+    LstmdetError,
+    UnknownComponentError,
+    UnknownOptionError,
+    did_you_mean,
+)
 
 KINDS: tuple[str, ...] = ("backbones", "encoders", "heads", "datasets")
 SINGULAR = {"backbones": "backbone", "encoders": "encoder", "heads": "head", "datasets": "dataset"}
@@ -78,6 +85,14 @@ class Entry:
         """``classify`` or ``detect`` for a head or dataset whose factory declares ``task``, else None."""
         task = getattr(self.factory, "task", None)
         return task if isinstance(task, str) else None
+
+    def unknown_options(self, options: Iterable[str]) -> list[str]:
+        """Those of ``options`` that the factory does not take (none when it takes ``**kwargs``)."""
+        params = inspect.signature(self.factory).parameters.values()
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            return []
+        accepted = {p.name for p in params if p.kind != p.VAR_POSITIONAL}
+        return [name for name in options if name not in accepted]
 
 
 @dataclass(frozen=True)
@@ -163,8 +178,9 @@ class ComponentRegistry:
             return self._entries[kind][name]
         except KeyError:
             available = ", ".join(sorted(self._entries[kind])) or "(none)"
+            hint = did_you_mean(name, self._entries[kind]) if isinstance(name, str) else ""
             raise UnknownComponentError(
-                f"unknown {SINGULAR[kind]} {name!r}; available {kind}: {available}. "
+                f"unknown {SINGULAR[kind]} {name!r}{hint}; available {kind}: {available}. "
                 f"If {name!r} comes from a plugin, that plugin may not be installed or may be disabled "
                 "by LSTMDET_DISABLE_PLUGINS"
             ) from None
@@ -187,13 +203,18 @@ class ComponentRegistry:
                 options it does accept.
         """
         entry = self.get(kind, name)
+        accepted = ", ".join(entry.options()) or "(none)"
+        unknown = entry.unknown_options(options)
+        if unknown:
+            raise UnknownOptionError(
+                unknown[0],
+                f"{SINGULAR[kind]} {name!r} has no option {unknown[0]!r}{did_you_mean(unknown[0], entry.options())}; "
+                f"accepted options: {accepted}",
+            )
         try:
             inspect.signature(entry.factory).bind(*args, **options)
         except TypeError as exc:
-            raise LstmdetError(
-                f"{SINGULAR[kind]} {name!r} cannot take options {sorted(options)}: {exc}; "
-                f"accepted options: {', '.join(entry.options()) or '(none)'}"
-            ) from None
+            raise LstmdetError(f"{SINGULAR[kind]} {name!r}: {exc}; accepted options: {accepted}") from None
         return entry.factory(*args, **options)
 
     def create_from_spec(
@@ -231,6 +252,8 @@ class ComponentRegistry:
             return self.create(kind, spec["name"], *args, **options)
         except UnknownComponentError as exc:
             raise ConfigError(f"{field}.name", str(exc)) from None
+        except UnknownOptionError as exc:
+            raise ConfigError(f"{field}.{exc.option}", str(exc)) from None
         except ValueError as exc:
             raise ConfigError(field, f"{spec['name']}: {exc}") from None
         except LstmdetError as exc:

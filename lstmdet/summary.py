@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection.image_list import ImageList
 
 from lstmdet.manager import current_registry
+from lstmdet.options import check_int
 
 
 def count_params(module: nn.Module | None) -> int:
@@ -51,7 +52,11 @@ def describe_model(model: nn.Module, *, frames: int = 1) -> dict[str, Any]:
         ``backbone``, of the ``neck`` and of the ``encoder`` when they run on it), ``head_levels``
         (the levels the head reads), ``output`` (per-image shapes; ``"K"`` is the number of
         detections) and ``flops_per_image`` (per part and total).
+
+    Raises:
+        OptionError: ``frames`` is not a positive integer.
     """
+    check_int(frames, "frames", "describe_model", minimum=1)
     registry = current_registry()
     spec = model.config["model"]
     was_training = model.training

@@ -29,6 +29,12 @@ from lstmdet.workers.store import FINAL, JobStore, explain
 
 #: Seconds :meth:`JobClient.listening` waits for workers to answer.
 LISTEN_TIMEOUT = 1.0
+
+
+class JobTimeout(LstmdetError, TimeoutError):
+    """A job did not end within the time its caller was willing to wait."""
+
+
 #: Task that starts each kind of job.
 FIRST_TASK = {"train": "lstmdet.train", "detect": "lstmdet.detect", "eval": "lstmdet.eval"}
 
@@ -183,7 +189,7 @@ class JobClient:
         """Block until the job ends; returns its record.
 
         Raises:
-            TimeoutError: ``timeout`` seconds passed first.
+            JobTimeout: ``timeout`` seconds passed first (a ``TimeoutError`` and an ``LstmdetError``).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -191,7 +197,10 @@ class JobClient:
             if record["state"] in FINAL:
                 return record
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} is still {record['state']} after {timeout} s")
+                raise JobTimeout(
+                    f"job {job_id} is still {record['state']} after {timeout:g} s; wait longer (--timeout) or "
+                    f"check it with `lstmdet jobs status {job_id}`"
+                )
             time.sleep(poll)
 
     def listening(self, queue: str, *, timeout: float = LISTEN_TIMEOUT) -> bool | None:

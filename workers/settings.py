@@ -27,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 from lstmdet.errors import LstmdetError
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: URL schemes of the broker and the result store: Redis, plain or over TLS.
+URL_SCHEMES = ("redis", "rediss")
 #: The two queues: jobs that want a GPU and jobs that run on CPU workers.
 QUEUES = ("gpu", "cpu")
 
@@ -39,6 +41,26 @@ def mask_url(url: str) -> str:
     credentials, _, host = parts.netloc.rpartition("@")
     user = credentials.split(":", 1)[0]
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def check_redis_url(url: str, variable: str) -> str:
+    """``url`` if it is a Redis URL (``redis://`` or ``rediss://``); else an error naming ``variable``.
+
+    Raises:
+        LstmdetError: Another scheme, or a URL that does not parse (e.g. a port that is not a number).
+    """
+    example = "e.g. redis://127.0.0.1:6379/0, with a password redis://:PASSWORD@HOST:6379/0, TLS rediss://..."
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise LstmdetError(f"{variable} is not a valid URL ({exc}); {example}") from None
+    if parts.scheme not in URL_SCHEMES:
+        raise LstmdetError(
+            f"{variable}={mask_url(url)} is not a Redis URL: the scheme must be redis:// or rediss:// (TLS), not "
+            f"{parts.scheme + '://' if parts.scheme else 'missing'}; {example}"
+        )
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -69,6 +91,8 @@ class Settings:
     result_expires: int = 7 * 24 * 3600
 
     def __post_init__(self) -> None:
+        for variable, url in (("LSTMDET_BROKER_URL", self.broker_url), ("LSTMDET_RESULT_URL", self.result_url)):
+            check_redis_url(url, variable)
         if not self.soft_time_limit < self.time_limit < self.visibility_timeout:
             raise LstmdetError(
                 f"time limits must satisfy soft ({self.soft_time_limit}) < hard ({self.time_limit}) < visibility "

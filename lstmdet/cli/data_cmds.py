@@ -16,26 +16,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lstmdet.errors import LstmdetError
+from lstmdet.cli.arguments import non_negative_int, positive_int
+from lstmdet.errors import LstmdetError, OptionError
 
 EXIST_OK_HELP = (
     "OUT may be non-empty (else refused): first remove OUT/images/ and OUT/annotations.json of an earlier "
     "generation, so that no old image is left among the new ones"
 )
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -53,9 +40,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Write scenes of real MNIST digits with tight boxes: OUT/images/*.png and OUT/annotations.json.",
     )
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument("--images", type=_positive, default=1000, help="number of scenes (default 1000)")
-    p.add_argument("--seed", type=_non_negative, default=0, help="seed (default 0)")
-    p.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--images", type=positive_int, default=1000, help="number of scenes (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    p.add_argument("--size", type=positive_int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
@@ -69,10 +56,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "(images carry video_id and frame_index, annotations track_id).",
     )
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument("--clips", type=_positive, default=200, help="number of clips (default 200)")
-    p.add_argument("--frames", type=_positive, default=8, help="frames per clip (default 8)")
-    p.add_argument("--seed", type=_non_negative, default=0, help="seed (default 0)")
-    p.add_argument("--size", type=_positive, default=96, help="frame side in pixels (default 96)")
+    p.add_argument("--clips", type=positive_int, default=200, help="number of clips (default 200)")
+    p.add_argument("--frames", type=positive_int, default=8, help="frames per clip (default 8)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    p.add_argument("--size", type=positive_int, default=96, help="frame side in pixels (default 96)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
@@ -114,6 +101,12 @@ def run_generate(args: argparse.Namespace) -> int:
         options.update(clips=args.clips, frames=args.frames)
     try:
         dataset = current_registry().create("datasets", args.dataset, **options)
+    except OptionError as exc:
+        if exc.option not in options:
+            raise
+        raise LstmdetError(f"--{exc.option} {exc.message} ({args.dataset})") from None
+    except LstmdetError:
+        raise
     except ValueError as exc:
         raise LstmdetError(f"{args.dataset}: {exc}") from None
     unit = "images" if args.dataset == "digits_det" else "clips"

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lstmdet.cli.arguments import non_negative_int, positive_int, unit_interval
+
 EXIT_STATUS = """\
 exit status:
   0  every file was processed
@@ -57,23 +59,23 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
         help="checkpoint file, or 'default' (also when left out): the model shipped with lstmdet",
     )  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="images per forward pass (default 8)")
     p.add_argument(
-        "--workers", type=int, default=None, metavar="N",
+        "--workers", type=non_negative_int, default=None, metavar="N",
         help="image-decoding processes (default: 0 on CPU with <= 2 cores, else min(4, cores/2); CUDA: cores-1, <= 8)",
     )  # fmt: skip
     p.add_argument(
-        "--conf", type=float, metavar="F",
+        "--conf", type=unit_interval, metavar="F",
         help="minimum score kept (default 0.25, as Ultralytics; eval and validation keep the head's own low "
         "threshold, e.g. 0.05, which COCO mAP needs)",
     )  # fmt: skip
-    p.add_argument("--iou", type=float, metavar="F", help="NMS IoU threshold (default: the head's)")
+    p.add_argument("--iou", type=unit_interval, metavar="F", help="NMS IoU threshold (default: the head's)")
     p.add_argument(
         "--agnostic-nms", action="store_true", default=None,
         help="also suppress overlapping boxes of different classes (NMS across classes at --iou): one box per "
         "object, the best-scoring class",
     )  # fmt: skip
-    p.add_argument("--max-det", type=int, metavar="N", help="detections kept per image (default: the head's)")
+    p.add_argument("--max-det", type=positive_int, metavar="N", help="detections kept per image (default: the head's)")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     p.add_argument(
         "--half", action="store_true", default=None, help="float16 mixed precision (CUDA only; ignored on CPU)"
@@ -87,7 +89,7 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
         "carry their state from frame to frame",
     )  # fmt: skip
     p.add_argument(
-        "--max-pixels", type=int, metavar="N",
+        "--max-pixels", type=positive_int, metavar="N",
         help=f"largest width*height read; larger files are refused unread (default {DEFAULT_MAX_PIXELS})",
     )  # fmt: skip
 
@@ -110,8 +112,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from lstmdet.engine.detect import detect
     from lstmdet.engine.writers import ANNOTATED, DETECTIONS, OPTIONS
 
-    if args.weights is None and not (args.resume and (Path(args.out) / OPTIONS).is_file()):  # else: the recorded ones
-        print(DEFAULT_MODEL_NOTE, file=sys.stderr)
+    recorded = args.resume and (Path(args.out) / OPTIONS).is_file()  # a resumed run uses the recorded weights
     summary = detect(
         args.src,
         args.out,
@@ -121,6 +122,8 @@ def run_detect(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         **detect_options(args),
     )
+    if args.weights is None and not recorded:  # after the run: a usage error stays one line
+        print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     files = "detections.jsonl, images.json, coco_results.json, summary.json"
     print(f"outputs in {args.out}: {files}" + (f", {ANNOTATED}/" if (Path(args.out) / ANNOTATED).is_dir() else ""))
     resumed = f", {summary['resumed']} kept from the earlier run" if summary["resumed"] else ""

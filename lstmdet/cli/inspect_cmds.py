@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lstmdet.cli.arguments import positive_int
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``plugins`` and ``model`` sub-commands."""
@@ -29,7 +31,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "counted analytically).",
     )
     p.add_argument("config", help="YAML config file")
-    p.add_argument("--frames", type=int, default=1, help="frames T of the dummy clip (default 1)")
+    p.add_argument("--frames", type=positive_int, default=1, help="frames T of the dummy clip (default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run_model)

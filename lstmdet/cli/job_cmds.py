@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lstmdet.cli.arguments import non_negative_number, positive_int
 from lstmdet.cli.detect_cmds import add_detect_arguments, detect_options
 from lstmdet.cli.train_cmds import add_eval_arguments, add_train_arguments, parse_data
 
@@ -34,7 +35,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         sub = kinds.add_parser(kind, help=f"queue what `lstmdet {kind}` does")
         add(sub)
         if kind == "detect":
-            sub.add_argument("--shard-size", type=int, default=256, metavar="N",
+            sub.add_argument("--shard-size", type=positive_int, default=256, metavar="N",
                              help="images per shard; shards run on any worker (default 256)")  # fmt: skip
         sub.add_argument("--queue", choices=("gpu", "cpu"), help="default: gpu when a cuda device is asked for, "
                          "cpu when cpu is, else LSTMDET_DEFAULT_QUEUE (cpu)")  # fmt: skip
@@ -46,12 +47,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub = actions.add_parser("list", help="the newest jobs")
-    sub.add_argument("--limit", type=int, default=50)
+    sub.add_argument("--limit", type=positive_int, default=50, help="jobs shown (default 50)")
     for name, text in (("status", "one job's record"), ("wait", "wait for a job to end"), ("cancel", "cancel a job")):
         sub_action = actions.add_parser(name, help=text)
         sub_action.add_argument("id", metavar="ID", help="job id (printed by submit)")
         if name == "wait":
-            sub_action.add_argument("--timeout", type=float, help="give up after this many seconds (exit 2)")
+            sub_action.add_argument(
+                "--timeout", type=non_negative_number, help="give up after this many seconds (exit 2)"
+            )
         sub_action.add_argument("--json", action="store_true", help="print JSON")
     sub.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_jobs)
@@ -63,7 +66,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--queues", default=None, help="comma-separated queues (default: gpu with --gpus, else cpu)")
     p.add_argument("--gpus", help="GPU indices, e.g. 0,1: one worker process per GPU")
-    p.add_argument("--concurrency", type=int, help="CPU worker processes (default 1)")
+    p.add_argument("--concurrency", type=positive_int, help="CPU worker processes (default 1)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--name", help="node name prefix (default lstmdet)")
     p.set_defaults(func=run_worker)
@@ -171,11 +174,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         return 0
     if args.action == "wait":
         _warn_if_unserved(client, client.status(args.id))
-        try:
-            record = client.wait(args.id, timeout=args.timeout)
-        except TimeoutError as exc:
-            print(f"lstmdet jobs wait: {exc}", file=sys.stderr)
-            return 2
+        record = client.wait(args.id, timeout=args.timeout)
         _show(record, args.json)
         return _ended(record)
     record = client.cancel(args.id)
@@ -186,7 +185,9 @@ def run_jobs(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     """Start the worker processes and wait for them."""
     from lstmdet.workers.launcher import parse_gpus, plan_workers, run_workers
+    from lstmdet.workers.settings import Settings
 
+    Settings.from_env()  # a bad LSTMDET_* variable: one line here, not a traceback in every worker process
     gpus = parse_gpus(args.gpus)
     queues = (args.queues or ("gpu" if gpus else "cpu")).split(",")
     workers = plan_workers(queues=queues, gpus=gpus, concurrency=args.concurrency, loglevel=args.loglevel,

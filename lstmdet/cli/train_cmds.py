@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lstmdet.cli.arguments import non_negative_int, positive_int
+
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``train`` and ``eval`` sub-commands."""
@@ -26,7 +28,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "COCO mAP (detect). Default data: the checkpoint config's data.test, else data.val.",
     )
     add_eval_arguments(p)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run_eval)
 
@@ -50,7 +52,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--data", help="dataset as YAML, e.g. '{name: digits_det, images: 300, split: test}'")
     p.add_argument("--out", help="write the metrics as JSON to this file")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="auto")
 
 
@@ -62,7 +64,11 @@ def parse_data(text: str | None) -> dict | None:
 
     if not text:
         return None
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError("--data", f"is not valid YAML ({problem}); e.g. '{{name: mnist_idx, split: test}}'") from None
     if not isinstance(data, dict) or "name" not in data:
         raise ConfigError("--data", "must be a YAML mapping with a name, e.g. '{name: mnist_idx, split: test}'")
     return data
@@ -80,14 +86,16 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the metrics."""
     from lstmdet.engine.evaluate import evaluate_checkpoint
+    from lstmdet.fileio import prepare_file
 
+    if args.out:
+        prepare_file(args.out, "--out")
     metrics = evaluate_checkpoint(
         args.weights, data=parse_data(args.data), batch_size=args.batch_size, workers=args.workers,
         device=args.device, progress=not args.quiet,
     )  # fmt: skip
     text = json.dumps(metrics, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     print(text)
     return 0

@@ -46,8 +46,8 @@ from PIL import Image
 
 from lstmdet.boxes import clip_boxes
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, image_size
-from lstmdet.errors import LstmdetError
-from lstmdet.fileio import atomic_write_json, remove_outputs
+from lstmdet.errors import LstmdetError, LstmdetWarning
+from lstmdet.fileio import atomic_write_json, prepare_file, prepare_folder, remove_outputs
 from lstmdet.options import is_int, is_number
 
 #: Boxes may reach this many pixels outside the image before a clipping warning is given.
@@ -94,6 +94,7 @@ def sanitize_boxes(
         warnings.warn(
             f"{source}: {n_out} box(es) reach outside the {width:g}x{height:g} image and were clipped; "
             f"{n_bad} empty or degenerate box(es) dropped",
+            LstmdetWarning,
             stacklevel=2,
         )
     return clipped.astype(np.float32), keep
@@ -416,6 +417,7 @@ def yolo_to_coco(
         ValueError: ``missing_labels`` is neither ``"error"`` nor ``"empty"``.
     """
     check_missing_labels(missing_labels)
+    prepare_file(out_json, "OUT_JSON")
     root = Path(yolo_root)
     images_dir, labels_dir = yolo_layout(root)
     classes = read_yolo_names(names if names is not None else root / "names.yaml")
@@ -424,7 +426,7 @@ def yolo_to_coco(
         try:
             width, height = image_size(path, max_pixels=max_pixels)
         except ImageReadError as exc:
-            warnings.warn(f"skipping unreadable image {path}: {exc.reason}", stacklevel=2)
+            warnings.warn(f"skipping unreadable image {path}: {exc.reason}", LstmdetWarning, stacklevel=2)
             skipped.append(str(path))
             continue
         image_id = len(images) + 1
@@ -436,7 +438,6 @@ def yolo_to_coco(
         for box, label in zip(boxes.astype(np.float64), labels, strict=True):
             annotations.append(_annotation(len(annotations) + 1, image_id, int(label), box))
     categories = [{"id": i, "name": name} for i, name in enumerate(classes)]
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_json, {"info": _info(f"converted from YOLO dataset {root}"), "images": images,
                                  "annotations": annotations, "categories": categories}, indent=None)  # fmt: skip
     return {
@@ -525,7 +526,7 @@ def write_coco_dataset(
     if fmt is None:
         raise LstmdetError(f"image_format {image_format!r} is not supported; use one of {sorted(WRITE_FORMATS)}")
     ext = "jpg" if fmt == "JPEG" else "png"
-    out = Path(out_dir)
+    out = prepare_folder(out_dir)
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held and not exist_ok:
         raise LstmdetError(
@@ -534,7 +535,7 @@ def write_coco_dataset(
             "replace images/ and annotations.json of an earlier generation, or choose another folder"
         )
     remove_outputs(out, WRITTEN)
-    images_dir = out / "images"
+    images_dir = prepare_folder(out / "images")
     classes = list(dataset.classes)
     category_ids = list(getattr(dataset, "category_ids", range(len(classes))))
     images: list[dict[str, Any]] = []
@@ -592,7 +593,6 @@ def write_coco_dataset(
     if videos:
         data["videos"] = videos
     json_path = out / "annotations.json"
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(json_path, data, indent=None)
     return {
         "out": str(out),

@@ -37,7 +37,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from lstmdet.errors import LstmdetError
+from lstmdet.errors import LstmdetError, LstmdetWarning
 
 #: Default limit on ``width * height`` (Pillow's own default, about 9459 x 9459 pixels).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -58,6 +58,17 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )
 #: Pillow format names :func:`read_image` will open; anything else is refused unread.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+#: How messages name each of :data:`ALLOWED_FORMATS` (MPO, multi-picture JPEG, is a JPEG to the user).
+FORMAT_NAMES: dict[str, str] = {
+    "JPEG": "JPEG",
+    "MPO": "JPEG",
+    "PNG": "PNG",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+    "WEBP": "WebP",
+    "GIF": "GIF (first frame)",
+    "PPM": "PNM (.ppm .pgm .pbm .pnm)",
+}
 #: Colour transparent pixels are composited onto.
 ALPHA_BACKGROUND = (0, 0, 0)
 
@@ -120,6 +131,11 @@ def _allowed_formats() -> tuple[str, ...]:
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
+def supported_formats() -> str:
+    """The formats :func:`read_image` reads with this Pillow build, in words: ``"JPEG, PNG, ..."``."""
+    return ", ".join(dict.fromkeys(FORMAT_NAMES[f] for f in _allowed_formats()))
+
+
 def _open(path: Path, max_pixels: int) -> Image.Image:
     """Open ``path`` (header only) and check its size; the caller closes the image."""
     try:
@@ -144,7 +160,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         ) from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(
-            path, f"not an image in a supported format ({', '.join(ALLOWED_FORMATS)}) or the header is corrupt"
+            path, f"not an image in a format lstmdet reads ({supported_formats()}) or the header is corrupt"
         ) from None
     except Exception as exc:  # Pillow raises many types for hostile headers
         raise ImageReadError(path, f"invalid image header ({type(exc).__name__}: {exc})") from None
@@ -308,7 +324,7 @@ class SkipsUnreadable:
             self.skipped_files = {}
         if str(path) not in self.skipped_files:
             self.skipped_files[str(path)] = reason
-            warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=3)
+            warnings.warn(f"skipping unreadable image {path}: {reason}", LstmdetWarning, stacklevel=3)
 
     def _probe_all(self, paths: Iterable[Path], max_pixels: int) -> list[tuple[Path, tuple[int, int]]]:
         """``(path, (width, height))`` of the readable files among ``paths``; the rest are recorded."""

@@ -61,7 +61,7 @@ from lstmdet.engine.writers import (
     read_done,
 )
 from lstmdet.errors import Cancelled, LstmdetError
-from lstmdet.fileio import atomic_write_json, remove_outputs
+from lstmdet.fileio import atomic_write_json, prepare_folder, remove_outputs
 from lstmdet.model import LstmdetModel
 
 
@@ -279,7 +279,7 @@ def detect(
     if exist_ok:
         remove_previous_run(out, inputs)
     with head_options(detector, opts) as run_options:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_folder(out, "--out")
         record = options_record(run_options, detector.identity["weights"], opts)
         done, keep = _start(out, run_options, record, resume)
         processed, loop_seconds = detect_files(

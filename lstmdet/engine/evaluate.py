@@ -17,7 +17,7 @@ from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader, r
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.metrics import classification_metrics, coco_detection_metrics
 from lstmdet.engine.progress import progress as progress_display
-from lstmdet.errors import LstmdetError
+from lstmdet.errors import LstmdetError, LstmdetWarning
 
 
 @torch.inference_mode()
@@ -66,7 +66,9 @@ def evaluate(
     model.train(was_training)
     if skipped:
         shown = ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
-        warnings.warn(f"evaluation left out {len(skipped)} unreadable image files: {shown}", stacklevel=2)
+        warnings.warn(
+            f"evaluation left out {len(skipped)} unreadable image files: {shown}", LstmdetWarning, stacklevel=2
+        )
     if not truths:
         raise LstmdetError(
             "the evaluation dataset is empty" + (f" ({len(skipped)} unreadable files left out)" if skipped else "")

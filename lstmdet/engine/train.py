@@ -33,6 +33,7 @@ from lstmdet.engine.logs import append_jsonl, plot_curves, read_jsonl, write_csv
 from lstmdet.engine.optim import build_optimizer, build_scheduler
 from lstmdet.engine.progress import progress
 from lstmdet.errors import ConfigError, LstmdetError
+from lstmdet.fileio import prepare_folder
 from lstmdet.model import LstmdetModel, build_model
 
 
@@ -133,7 +134,7 @@ class Trainer:
             raise LstmdetError(f"{self.out} already holds a run (last.pt): pass --resume, or choose another --out")
         if resume and not last.exists():
             raise LstmdetError(f"cannot resume: {last} does not exist")
-        self.out.mkdir(parents=True, exist_ok=True)
+        prepare_folder(self.out, "--out")
         self.device = resolve_device(self.tcfg["device"], setting="train.device")
         _seed_everything(self.tcfg["seed"])
 

@@ -91,8 +91,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, weights, folder, capsys):
     bad.write_text("not a checkpoint")
     assert main(["detect", str(folder), "--weights", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "bad.pt" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["detect", "--help"])
+    assert main(["detect", "--help"]) == 0
     help_text = capsys.readouterr().out
     assert "exit status" in help_text and "1  some files could not be read" in help_text
 

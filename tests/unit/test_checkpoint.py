@@ -135,3 +135,51 @@ def test_shipped_default_model_detects_held_out_digits():
     dataset = AugmentedDataset(build_dataset(spec, "data"), task="detect", split="eval", augment=None, seed=0)
     metrics = evaluate(model, dataset)
     assert metrics["map"] > 0.8 and metrics["map_50"] > 0.95, metrics
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "what"),
+    [
+        ("fake.pt", b"task: detect\nmodel: {backbone: small_cnn}\n", "it is a text file holding a YAML config"),
+        ("notes.pt", b"hello world\nfoo bar\n", "it is a text file)"),
+        ("meta.pt", b'{"format": "x"}', "it is a text file holding JSON data"),
+        ("empty.pt", b"", "it is empty: 0 bytes"),
+        ("photo.pt", b"\xff\xd8\xff\xe0" + bytes(100), "it is a JPEG image"),
+        ("random.pt", b"\x13\x00\xfe" * 50, "it is binary data of an unknown format"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, name, content, what):
+    """`--weights fake.pt` says what the file is and what to pass, never torch's unpickling advice."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert f"{path} is not an lstmdet checkpoint ({what}" in message
+    assert "pass a file written by `lstmdet train` (best.pt / last.pt)" in message
+    assert "weights_only" not in message and "pickled" not in message
+
+
+def test_damaged_checkpoints_and_folders_say_what_to_pass(tmp_path):
+    model = _model()
+    good = save_checkpoint(tmp_path / "good.pt", model)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated or damaged: pass a file written by `lstmdet train`"):
+        read_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="is a folder; pass a file written by `lstmdet train`"):
+        read_checkpoint(tmp_path)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty: 0 bytes"):
+        read_checkpoint(empty)
+
+
+def test_refusing_foreign_objects_never_suggests_weights_only_false(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"payload": _Exploit()}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "refused to load" in message and "system" in message  # the object it would call: os.system
+    assert "weights_only" not in message and "\n" not in message

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from helpers import classify_config, detect_config
 
+import lstmdet
 from lstmdet.config import load_config, set_value
 from lstmdet.errors import ConfigError, LstmdetError
 
@@ -120,3 +122,26 @@ def test_load_config_copies_a_dict_as_plain_data(tmp_path):
     config["model"]["head"]["extra"] = object()
     with pytest.raises(LstmdetError, match=r"only mappings, lists, strings, numbers, booleans and null.*object"):
         load_config(config)
+
+
+def test_an_unknown_key_is_named_with_the_closest_allowed_one():
+    config = classify_config({"name": "lstm"})
+    config["train"] = {"epoch": 3}
+    error = _error(config)
+    assert error.field == "train.epoch"
+    assert str(error).startswith("config field train.epoch: unknown key (did you mean 'epochs'?); allowed keys here:")
+
+
+def test_a_misspelt_component_option_names_only_the_unknown_key(tmp_path):
+    """`--set model.encoder.hiden=16` names hiden (not hidden), suggests hidden and lists what is accepted."""
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(classify_config({"name": "bilstm", "hidden": 8})))
+    config = load_config(path, ["model.encoder.hiden=16"])
+    with pytest.raises(ConfigError) as info:
+        lstmdet.create_model(config)
+    message = str(info.value)
+    assert info.value.field == "model.encoder.hiden"
+    assert message == (
+        "config field model.encoder.hiden: encoder 'bilstm' has no option 'hiden' (did you mean 'hidden'?); "
+        "accepted options: hidden, layers, scan"
+    )

@@ -1,4 +1,4 @@
-"""Atomic writes: complete files or none, no temporary files left behind, unique temporary names."""
+"""Atomic writes (complete files or none, no temporary files left, unique temporary names) and output paths."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ import threading
 
 import pytest
 
-from lstmdet.fileio import atomic_open, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from lstmdet.errors import LstmdetError
+from lstmdet.fileio import (
+    atomic_open,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    prepare_file,
+    prepare_folder,
+)
 
 
 def test_writes_text_bytes_and_json(tmp_path):
@@ -110,3 +119,34 @@ def test_remove_outputs_removes_only_the_named_entries_and_never_follows_links(t
     assert removed == ["annotations.json", "images", "link"]
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and (kept / "b.png").is_file()
     assert remove_outputs(tmp_path / "nowhere", ("images",)) == []
+
+
+def test_prepare_folder_creates_or_accepts_a_folder(tmp_path):
+    assert prepare_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    assert prepare_folder(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"  # an existing folder is fine
+
+
+def test_prepare_folder_refuses_files_and_paths_that_cannot_be_created(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(LstmdetError, match=r"^--out .*afile: it is an existing file, not a folder; choose a folder"):
+        prepare_folder(afile, "--out")
+    with pytest.raises(LstmdetError, match=r"afile/sub: .*afile is an existing file, not a folder"):
+        prepare_folder(afile / "sub", "--out")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(LstmdetError, match="broken symbolic link"):
+        prepare_folder(tmp_path / "dangling" / "x")
+    if os.path.isdir("/proc"):
+        with pytest.raises(LstmdetError, match=r"^output folder /proc/lstmdet-out: cannot create it \("):
+            prepare_folder("/proc/lstmdet-out")
+
+
+def test_prepare_file_refuses_a_folder_and_creates_the_parent(tmp_path):
+    assert prepare_file(tmp_path / "new" / "m.json", "--out") == tmp_path / "new" / "m.json"
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "m.json").exists()
+    with pytest.raises(LstmdetError, match=r"^--out .* is a folder; name the file to write"):
+        prepare_file(tmp_path / "new", "--out")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LstmdetError, match=r"cannot be written: its folder .*afile: it is an existing file"):
+        prepare_file(tmp_path / "afile" / "m.json", "--out")

@@ -84,7 +84,7 @@ def test_unknown_component_and_bad_option_name_the_field():
     assert info.value.field == "model.encoder.name" and "bilstm" in str(info.value)
     with pytest.raises(ConfigError) as info:
         lstmdet.create_model(classify_config({"name": "lstm", "hiden": 3}))
-    assert info.value.field == "model.encoder" and "hidden" in str(info.value)
+    assert info.value.field == "model.encoder.hiden" and "hidden" in str(info.value)  # the unknown key itself
     with pytest.raises(ConfigError) as info:
         lstmdet.create_model(classify_config({"name": "lstm", "scan": "diagonal"}))
     assert info.value.field == "model.encoder" and "diagonal" in str(info.value)

@@ -84,6 +84,10 @@ def test_without_owner_the_option_is_a_config_field():
     assert str(info.value) == "config field model.neck.channels: must be a positive integer, got 0"
     with pytest.raises(ConfigError, match=r"^config field task: must be one of classify, detect, got 'segment'$"):
         check_choice("segment", "task", choices=("classify", "detect"))
+    with pytest.raises(
+        OptionError, match=r"^lstm encoder: scan must be one of rows, cols, both, got 'row' \(did you mean 'rows'\?\)$"
+    ):
+        check_choice("row", "scan", "lstm encoder", choices=("rows", "cols", "both"))
 
 
 def test_check_float_bounds_and_messages():

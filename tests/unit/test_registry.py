@@ -9,7 +9,7 @@ import torch
 
 import lstmdet
 from lstmdet import hookimpl
-from lstmdet.errors import DuplicateComponentError, LstmdetError, UnknownComponentError
+from lstmdet.errors import DuplicateComponentError, LstmdetError, UnknownComponentError, UnknownOptionError
 from lstmdet.manager import DEFAULT_PLUGINS, build_plugin_manager, build_registry, current_registry
 from lstmdet.registry import KINDS, ComponentRegistry, Entry, Option, Registrar
 
@@ -163,3 +163,32 @@ def test_entries_describe_their_options_and_task():
     head.task = "detect"
     assert entry.task == "detect"
     assert Entry("datasets", "d", lambda root, n=3: None, "p").option_details()[0] == Option("root", True, None, "")
+
+
+def test_unknown_option_is_named_alone_with_the_closest_accepted_one():
+    with pytest.raises(UnknownOptionError) as info:
+        lstmdet.create_component("encoders", "bilstm", 16, hidden=8, hiden=3)
+    assert info.value.option == "hiden"
+    assert str(info.value) == (
+        "encoder 'bilstm' has no option 'hiden' (did you mean 'hidden'?); accepted options: hidden, layers, scan"
+    )
+
+
+def test_unknown_component_suggests_the_closest_name():
+    with pytest.raises(UnknownComponentError, match=r"unknown encoder 'bilstn' \(did you mean 'bilstm'\?\)"):
+        current_registry().get("encoders", "bilstn")
+
+
+@pytest.mark.parametrize(
+    ("blocked", "hint"), [("nosuch", ""), ("heads_detecton", " (did you mean 'heads_detection'?)")]
+)
+def test_a_block_list_name_that_matches_no_plugin_is_reported(monkeypatch, blocked, hint):
+    monkeypatch.setenv("LSTMDET_DISABLE_PLUGINS", f"encoders_convlstm,{blocked}")
+    with pytest.raises(LstmdetError) as info:
+        current_registry()
+    message = str(info.value)
+    assert message.startswith(f"LSTMDET_DISABLE_PLUGINS names '{blocked}', which is not an installed plugin{hint}; ")
+    assert all(name in message for name in DEFAULT_PLUGINS)
+    with pytest.raises(LstmdetError, match="'nosuch', which is not an installed plugin"):
+        build_plugin_manager(disabled=["nosuch"])
+    build_plugin_manager(disabled=["my_gru"], extra_plugins=[("my_gru", object())])  # an extra plugin's name is known

@@ -12,6 +12,8 @@ from PIL import Image
 
 from lstmdet.data.images import (
     DEFAULT_MAX_PIXELS,
+    FORMAT_NAMES,
+    IMAGE_EXTENSIONS,
     ImageReadError,
     find_images,
     image_size,
@@ -228,3 +230,21 @@ def test_reduced_scale_jpeg_decode_reports_the_full_size(tmp_path):
     assert png.shape == (480, 640, 3) and size == (480, 640)
     big_model, _ = read_image_sized(tmp_path / "a.jpg", fit=(480, 800))
     assert big_model.shape == (480, 640, 3)
+
+
+def test_the_unreadable_file_message_lists_exactly_the_formats_that_are_read(tmp_path):
+    """Every extension the folder scan takes is read, and the message names those formats and no others."""
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    read = set()
+    for ext in IMAGE_EXTENSIONS:
+        path = tmp_path / f"image{ext}"
+        Image.fromarray(pixels).convert("1" if ext == ".pbm" else "RGB").save(path)
+        assert read_image(path).shape == (4, 4, 3), ext
+        with Image.open(path) as image:
+            read.add(FORMAT_NAMES[image.format])
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ImageReadError) as info:
+        read_image(tmp_path / "notes.png")
+    listed = str(info.value).split("not an image in a format lstmdet reads (", 1)[1].rsplit(") or the header", 1)[0]
+    assert sorted(listed.split(", ")) == sorted(read)
+    assert "PNM (.ppm .pgm .pbm .pnm)" in listed and "GIF (first frame)" in listed and "MPO" not in listed

@@ -155,8 +155,9 @@ def test_status_wait_and_cancel(client, tmp_path):
     with pytest.raises(LstmdetError, match="jobs list"):
         client.status("no-such-job")
     job = client.submit_eval(tmp_path / "w.pt", device="cpu")
-    with pytest.raises(TimeoutError, match="still queued"):
+    with pytest.raises(TimeoutError, match="still queued") as info:
         client.wait(job, timeout=0.2, poll=0.05)
+    assert isinstance(info.value, LstmdetError)  # the CLI reports it as one line, exit 2
     assert client.cancel(job)["state"] == "cancelled"  # a queued job ends at once
     record = client.wait(job, timeout=5)
     assert record["state"] == "cancelled" and record["error"] == "cancelled before it started"

@@ -123,3 +123,23 @@ def test_mask_url_hides_password(url, secret, shown):
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "redis://user@h:1/3", "rediss://h:6380/0?ssl=1"])
 def test_mask_url_leaves_passwordless_urls(url):
     assert mask_url(url) == url
+
+
+@pytest.mark.parametrize("url", ["http://x", "amqp://guest@localhost//", "localhost:6379", "unix:///tmp/redis.sock"])
+def test_a_broker_url_that_is_not_redis_names_the_variable_and_the_schemes(url):
+    with pytest.raises(LstmdetError) as info:
+        Settings.from_env({"LSTMDET_BROKER_URL": url})
+    message = str(info.value)
+    assert message.startswith(f"LSTMDET_BROKER_URL={url} is not a Redis URL") and "\n" not in message
+    assert "redis://" in message and "rediss://" in message
+    with pytest.raises(LstmdetError, match=r"^LSTMDET_RESULT_URL=http://y is not a Redis URL"):
+        Settings.from_env({"LSTMDET_RESULT_URL": "http://y"})
+
+
+def test_an_unparsable_broker_url_is_refused_without_showing_its_password():
+    with pytest.raises(LstmdetError) as info:
+        Settings.from_env({"LSTMDET_BROKER_URL": "redis://:secret@host:xx/0"})
+    assert str(info.value).startswith("LSTMDET_BROKER_URL is not a valid URL (") and "secret" not in str(info.value)
+    with pytest.raises(LstmdetError) as info:
+        Settings.from_env({"LSTMDET_BROKER_URL": "http://:secret@host:6379/0"})
+    assert "secret" not in str(info.value) and "***" in str(info.value)
