@@ -69,3 +69,7 @@ class CheckpointError(LstmdetError):
 
 class Cancelled(LstmdetError):
     """A run stopped because its caller asked it to (a cancelled job); it wrote no final files."""
+
+
+class ExportError(LstmdetError):
+    """A model cannot be exported (ONNX / TorchScript), or an exported file cannot be used; names the part and why."""

@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lstmdet.cli import data_cmds, detect_cmds, inspect_cmds, job_cmds, train_cmds
+from lstmdet.cli import data_cmds, detect_cmds, export_cmds, inspect_cmds, job_cmds, train_cmds
 from lstmdet.errors import LstmdetError
 
-COMMANDS = (inspect_cmds, train_cmds, data_cmds, detect_cmds, job_cmds)
+COMMANDS = (inspect_cmds, train_cmds, data_cmds, detect_cmds, job_cmds, export_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:
