@@ -161,7 +161,8 @@ def open_detector(
     """Load a detection checkpoint (or take ``model``) onto ``device``.
 
     Args:
-        weights: Checkpoint file; ``None`` uses ``model``, else the default model shipped with lstmdet.
+        weights: Checkpoint file, or an exported ``.onnx`` detector (run by ONNX Runtime); ``None`` uses
+            ``model``, else the default model shipped with lstmdet.
         model: An already built detection model (instead of ``weights``).
         device: ``auto`` (CUDA when present; a given ``model``'s own device), ``cpu``, ``cuda[:N]``.
 
@@ -171,8 +172,14 @@ def open_detector(
     """
     from lstmdet.checkpoint import default_model_path, load_model
 
-    dev = _device(device, model)
-    if model is not None:
+    onnx_file = model is None and weights is not None and Path(weights).suffix.lower() == ".onnx"
+    dev = torch.device("cpu") if onnx_file else _device(device, model)  # ONNX Runtime is fed from the CPU
+    if onnx_file:  # an exported detector: ONNX Runtime behind the same interface (lstmdet.export.runtime)
+        from lstmdet.export.runtime import OnnxModel
+
+        net = OnnxModel(weights, device=str(device))
+        identity = {"weights": str(weights), "weights_sha256": _sha256(Path(weights))}
+    elif model is not None:
         if weights is not None:
             raise LstmdetError("give weights or model, not both")
         net, identity = model.to(dev).eval(), {"weights": None, "weights_sha256": None}

@@ -84,12 +84,14 @@ class Parts:
                     found.setdefault(str(path), words)
         return found
 
-    def suspects(self, caught: list[warnings.WarningMessage]) -> list[tuple[str, str]]:
-        """``(part, where)`` of parts whose own code raised a ``TracerWarning`` (a tensor turned into a Python value).
+    def suspects(self, caught: list[warnings.WarningMessage]) -> list[tuple[str, nn.Module, str]]:
+        """``(part, module, where)`` of parts whose own code raised a ``TracerWarning`` while tracing.
 
-        Shape checks raise the same warning harmlessly; :func:`check_frozen` tells the two apart.
+        Such a part turned a tensor into a Python value. Shape checks raise the same warning harmlessly;
+        :func:`check_frozen` tells the two apart.
         """
         files = self.files()
+        modules = dict(self.items)
         found: dict[str, str] = {}
         for w in caught:
             if not issubclass(w.category, torch.jit.TracerWarning):
@@ -98,7 +100,7 @@ class Parts:
             if part is not None and part not in found:
                 message = str(w.message).split(". ")[0]
                 found[part] = f"at {Path(w.filename).name}:{w.lineno} ({message})"
-        return list(found.items())
+        return [(part, modules[part], where) for part, where in found.items()]
 
     def blame_exception(self, exc: BaseException, run_part: Any) -> ExportError:
         """An error naming the part an export exception comes from.
@@ -125,31 +127,27 @@ class Parts:
         return ExportError(f"the model cannot be exported ({reason})")
 
 
-def check_frozen(net: ExportNet, inputs: list[Tensor], suspects: list[tuple[str, str]], batch: int | None) -> None:
+def check_frozen(
+    net: ExportNet, inputs: list[Tensor], suspects: list[tuple[str, nn.Module, str]], batch: int | None
+) -> None:
     """Raise when a suspect part made the trace depend on the example input's values.
 
     The network is traced again and run on another input (another batch size when it is dynamic);
-    outputs that differ from PyTorch's mean a Python value was frozen into the graph.
+    outputs that differ from PyTorch's mean a Python value was frozen into the graph. Each suspect is
+    then traced alone on the input it got, to name the guilty ones (all suspects when that cannot tell).
 
     Raises:
-        ExportError: Naming the suspect parts, where they turn tensors into Python values, and what to do.
+        ExportError: Naming the guilty parts, where they turn tensors into Python values, and what to do.
     """
     if not suspects:
         return
     generator = torch.Generator().manual_seed(1)
     n = inputs[0].shape[0] if batch is not None else 3
     other = [torch.rand(n, *x.shape[1:], generator=generator) * (0.5 if i else 1.0) for i, x in enumerate(inputs)]
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        want = net(*other)
-        try:
-            got = torch.jit.trace(net, tuple(inputs), check_trace=False, strict=False)(*other)
-            same = all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(got, want, strict=True))
-        except Exception:  # (a graph that cannot even run on the other input)
-            same = False
-    if same:
+    if not _frozen(net, inputs, other):
         return
-    named = "; ".join(f"{part} {where}" for part, where in suspects)
+    guilty = [(part, where) for part, module, where in suspects if _frozen_part(net, module, inputs, other)]
+    named = "; ".join(f"{part} {where}" for part, where in guilty or [(p, w) for p, _, w in suspects])
     raise ExportError(
         f"cannot export: {named}: there its forward turns a tensor into a Python value, and the traced graph "
         "gives other outputs than PyTorch on another input, so the file would keep the example input's value for "
@@ -158,11 +156,49 @@ def check_frozen(net: ExportNet, inputs: list[Tensor], suspects: list[tuple[str,
     )
 
 
+def _frozen(module: nn.Module, example: list[Tensor] | tuple, other: list[Tensor] | tuple) -> bool:
+    """Whether ``module`` traced on ``example`` gives other outputs than eager PyTorch on ``other``."""
+    flat = _Flat(module)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        want = flat(*other)
+        try:
+            got = torch.jit.trace(flat, tuple(example), check_trace=False, strict=False)(*other)
+            return not all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(got, want, strict=True))
+        except Exception:  # (a graph that cannot even run on the other input)
+            return True
+
+
+def _frozen_part(net: ExportNet, part: nn.Module, example: list[Tensor], other: list[Tensor]) -> bool:
+    """Whether one part, traced alone on what it gets from ``example``, differs from PyTorch on ``other``'s."""
+    seen: list[tuple] = []
+    hook = part.register_forward_pre_hook(lambda module, args: seen.append(args))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            net(*example)
+            net(*other)
+    finally:
+        hook.remove()
+    if len(seen) != 2:  # not called through forward (e.g. a stateful encoder's export_step): cannot tell
+        return False
+    return _frozen(part, seen[0], seen[1])
+
+
 @contextlib.contextmanager
 def _tracing_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record every warning raised inside (they are examined, not shown)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield caught
+
+
+@contextlib.contextmanager
+def quiet_torch_jit() -> Iterator[None]:
+    """Hide torch's deprecation notices for ``torch.jit`` (the TorchScript format is what the user asked for)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
 
 
 def _example_inputs(net: ExportNet, batch: int, image_size: tuple[int, int]) -> tuple[list[Tensor], list[dict]]:
@@ -241,7 +277,8 @@ def prepare(
     post = _postprocess(net, inputs[0], image_size, onnx)
     settings = post.settings() if isinstance(post, DetectionPostprocess) else None
     if post is not None and not onnx:
-        post = torch.jit.script(post)
+        with quiet_torch_jit():
+            post = torch.jit.script(post)
     outputs = list(contract.DETECT_OUTPUTS if net.detect else contract.CLASSIFY_OUTPUTS)
     input_names = [contract.IMAGES, *(s["input"] for s in state)]
     output_names = outputs + [s["output"] for s in state]
@@ -329,7 +366,7 @@ def _part_exporter(module: ExportModule, inputs: list[Tensor], opset: int) -> An
 
 
 class _Flat(nn.Module):
-    """A part whose outputs (dicts, lists, tuples) come out as a flat tuple of tensors."""
+    """A module whose outputs (dicts, lists, tuples) come out as a flat tuple of tensors (None dropped)."""
 
     def __init__(self, part: nn.Module) -> None:
         super().__init__()
@@ -395,7 +432,8 @@ def export_torchscript(model: nn.Module, out: Path, *, batch: int | None, half: 
         batch=batch, half=half, exporter=f"torch {torch.__version__} torch.jit.trace + torch.jit.script (NMS)",
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(out), _extra_files={"lstmdet.json": json.dumps(meta)})
+    with quiet_torch_jit():
+        torch.jit.save(traced, str(out), _extra_files={"lstmdet.json": json.dumps(meta)})
     return out
 
 
