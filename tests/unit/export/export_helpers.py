@@ -81,15 +81,29 @@ def session(path: Path) -> ort.InferenceSession:
 def assert_same_detections(got: list[np.ndarray], index: int, ref: dict[str, torch.Tensor], top: int = 30) -> None:
     """Image ``index`` of exported outputs ``(boxes, scores, labels, num_detections)`` equals PyTorch's ``ref``.
 
-    Same number of detections; the sorted scores agree within ``SCORE_TOL``; each of PyTorch's ``top`` best
-    detections has an exported one with the same label, its box within ``BOX_TOL`` px and its score within
-    ``SCORE_TOL`` (so that near-ties ordered differently still match).
+    Rows past ``num_detections`` are padding (label -1, score 0); the real rows are compared by
+    :func:`assert_same_prediction`.
     """
     n = int(got[3][index])
-    boxes, scores, labels = (np.asarray(a[index][:n]) for a in got[:3])
-    ref_boxes, ref_scores, ref_labels = (ref[k].numpy() for k in ("boxes", "scores", "labels"))
-    assert n == len(ref_scores), f"image {index}: {n} detections exported, {len(ref_scores)} in PyTorch"
     assert (np.asarray(got[2][index][n:]) == -1).all() and (np.asarray(got[1][index][n:]) == 0).all()
+    real = {
+        k: torch.as_tensor(np.asarray(a[index][:n])) for k, a in zip(("boxes", "scores", "labels"), got, strict=False)
+    }
+    assert_same_prediction(real, ref, top, f"image {index}")
+
+
+def assert_same_prediction(
+    got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], top: int = 30, what: str = ""
+) -> None:
+    """Detections ``got`` equal PyTorch's ``ref`` (``boxes``, ``scores``, ``labels`` each).
+
+    Same number of detections; the sorted scores agree within ``SCORE_TOL``; each of PyTorch's ``top`` best
+    detections has one in ``got`` with the same label, its box within ``BOX_TOL`` px and its score within
+    ``SCORE_TOL`` (so that near-ties ordered differently still match).
+    """
+    boxes, scores, labels = (got[k].numpy() for k in ("boxes", "scores", "labels"))
+    ref_boxes, ref_scores, ref_labels = (ref[k].numpy() for k in ("boxes", "scores", "labels"))
+    assert len(scores) == len(ref_scores), f"{what}: {len(scores)} detections, {len(ref_scores)} in PyTorch"
     np.testing.assert_allclose(np.sort(scores)[::-1][:top], np.sort(ref_scores)[::-1][:top], atol=SCORE_TOL, rtol=0)
     for i in np.argsort(-ref_scores, kind="stable")[:top]:
         close = (
@@ -97,4 +111,36 @@ def assert_same_detections(got: list[np.ndarray], index: int, ref: dict[str, tor
             & (np.abs(scores - ref_scores[i]) <= SCORE_TOL)
             & (np.abs(boxes - ref_boxes[i]).max(axis=1) <= BOX_TOL)
         )
-        assert close.any(), f"image {index}: PyTorch detection {ref_boxes[i]} {ref_scores[i]} {ref_labels[i]} missing"
+        assert close.any(), f"{what}: PyTorch detection {ref_boxes[i]} {ref_scores[i]} {ref_labels[i]} missing"
+
+
+def assert_same_records(exported: list[dict], pytorch: list[dict]) -> None:
+    """``detections.jsonl`` lines of an ONNX Runtime run equal a PyTorch run's (tolerances as above).
+
+    Same files, errors and sizes in the same order; per image the same number of detections, and each
+    PyTorch detection has an exported one of the same class with its box within ``BOX_TOL`` px (xyxy)
+    and its score within ``SCORE_TOL`` (plus the 5-decimal rounding of the file).
+    """
+    assert [r["file"] for r in exported] == [r["file"] for r in pytorch]
+    for got, ref in zip(exported, pytorch, strict=True):
+        assert {k: v for k, v in got.items() if k != "detections"} == {
+            k: v for k, v in ref.items() if k != "detections"
+        }
+        if "error" in ref:
+            continue
+        assert len(got["detections"]) == len(ref["detections"]), got["file"]
+        boxes = np.array([_xyxy(d["bbox"]) for d in got["detections"]]).reshape(-1, 4)
+        scores = np.array([d["score"] for d in got["detections"]])
+        labels = np.array([d["category_id"] for d in got["detections"]])
+        for d in ref["detections"]:
+            close = (
+                (labels == d["category_id"])
+                & (np.abs(scores - d["score"]) <= SCORE_TOL + 1e-5)
+                & (np.abs(boxes - _xyxy(d["bbox"])).max(axis=1) <= BOX_TOL)
+            )
+            assert close.any(), f"{ref['file']}: PyTorch detection {d} has no exported counterpart"
+
+
+def _xyxy(bbox: list[float]) -> np.ndarray:
+    x, y, w, h = bbox
+    return np.array([x, y, x + w, y + h])

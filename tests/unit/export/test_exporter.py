@@ -24,16 +24,6 @@ from lstmdet.export.contract import META_KEYS, input_size, parse_metadata
 from lstmdet.manager import build_plugin_manager, build_registry
 
 
-@pytest.fixture(scope="module")
-def default_model():
-    return lstmdet.load()
-
-
-@pytest.fixture(scope="module")
-def default_onnx(tmp_path_factory, default_model):
-    return export(default_model, tmp_path_factory.mktemp("onnx") / "default.onnx")
-
-
 def test_default_model_matches_pytorch_on_photos_and_digit_scenes(default_model, default_onnx):
     images = torch.cat([photos((128, 128), 4), digit_scenes(128, 3)])
     ref = default_model.predict(list(images))
