@@ -208,3 +208,19 @@ def test_bad_options_say_what_to_pass(tmp_path):
         assert words in str(caught.value)
     with pytest.raises(ExportError, match="give out="):
         export(classifier)
+
+
+def test_half_precision_graph_keeps_float32_io(tmp_path):
+    raw = config("digits_det_identity", size=64, max_size=64)
+    raw["model"]["encoder"] = {"name": "bilstm", "hidden": 32}
+    model = random_model(raw)
+    path = export(model, tmp_path / "half.onnx", half=True)
+    proto = onnx.load(str(path))
+    assert {"precision": "float16"}.items() <= {p.key: p.value for p in proto.metadata_props}.items()
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer)
+    run = session(path)
+    assert [i.type for i in run.get_inputs()] == ["tensor(float)"] and run.get_outputs()[1].type == "tensor(float)"
+    images = digit_scenes(64, 2, seed=2)
+    got = run.run(None, {"images": images.numpy()})
+    for i, ref in enumerate(model.predict(list(images))):
+        np.testing.assert_allclose(got[1][i][:10], ref["scores"][:10].numpy(), atol=2e-3, rtol=0)
