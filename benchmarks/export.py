@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,11 @@ def bench(encoder: str, args: argparse.Namespace, folder: Path) -> dict[str, Any
         images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
         feed = {"images": images.numpy()}
         feed.update({i.name: np.zeros((batch, *i.shape[1:]), dtype=np.float32) for i in state_inputs})
-        frames = list(images)
-        if model.stateful:
-            run_torch = lambda: model.predict_step(frames)  # noqa: E731 (one frame per stream, fresh state)
-        else:
-            run_torch = lambda: model.predict(frames)  # noqa: E731
-        row[f"torch_ms_b{batch}"] = round(1e3 * median_seconds(run_torch, args.repeats, args.warmup, args.wait_idle), 2)
-        run_ort = lambda: session.run(None, feed)  # noqa: E731
-        row[f"ort_ms_b{batch}"] = round(1e3 * median_seconds(run_ort, args.repeats, args.warmup, args.wait_idle), 2)
+        # stateful: one frame per stream from a fresh state, as the ONNX step from zeros
+        run_torch = partial(model.predict_step if model.stateful else model.predict, list(images))
+        run_ort = partial(session.run, None, feed)
+        for name, fn in (("torch", run_torch), ("ort", run_ort)):
+            row[f"{name}_ms_b{batch}"] = round(1e3 * median_seconds(fn, args.repeats, args.warmup, args.wait_idle), 2)
     return row
 
 
