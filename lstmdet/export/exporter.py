@@ -21,6 +21,8 @@ import copy
 import inspect
 import io
 import json
+import os
+import sys
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -194,6 +196,25 @@ def _tracing_warnings() -> Iterator[list[warnings.WarningMessage]]:
 
 
 @contextlib.contextmanager
+def _silent_stdout() -> Iterator[None]:
+    """Send the process's standard output (file descriptor 1) to /dev/null inside.
+
+    torch's exporter prints its whole IR graph there from C++ when a conversion fails; the error that
+    lstmdet raises says what failed instead.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def quiet_torch_jit() -> Iterator[None]:
     """Hide torch's deprecation notices for ``torch.jit`` (the TorchScript format is what the user asked for)."""
     with warnings.catch_warnings():
@@ -307,7 +328,7 @@ def export_onnx(
     buffer = io.BytesIO()
     with _tracing_warnings() as caught:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _silent_stdout():
                 torch.onnx.export(
                     module, tuple(inputs), buffer, dynamo=False, opset_version=opset, input_names=input_names,
                     output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True,
@@ -358,7 +379,9 @@ def _part_exporter(module: ExportModule, inputs: list[Tensor], opset: int) -> An
         if id(target) not in captured:
             return
         args = captured[id(target)]
-        with warnings.catch_warnings(), torch.no_grad():
+        if args and isinstance(args[-1], dict):
+            args = (*args, {})  # torch.onnx.export would take a trailing dict for keyword arguments
+        with warnings.catch_warnings(), torch.no_grad(), _silent_stdout():
             warnings.simplefilter("ignore")
             torch.onnx.export(_Flat(target), args, io.BytesIO(), dynamo=False, opset_version=opset)
 

@@ -146,11 +146,23 @@ class FrozenScale(nn.Module):
         return x / scale, None
 
 
+class RunningMax(nn.Module):
+    """An encoder using an operator that has no ONNX form (``cummax``); TorchScript takes it."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.out_channels = in_channels
+
+    def forward(self, x, state=None):
+        return x.cummax(dim=-1).values, None
+
+
 class _ThirdParty:
     @hookimpl
     def lstmdet_register_encoders(self, registry):
         registry.add("gru_sweep", GRURowSweep)
         registry.add("frozen_scale", FrozenScale)
+        registry.add("running_max", RunningMax)
 
 
 def _third_party_model(encoder: str):
@@ -177,6 +189,18 @@ def test_part_that_freezes_a_python_value_is_named(tmp_path, fmt):
     assert "encoder 'frozen_scale' on level 'c3'" in message and "test_exporter.py:" in message
     assert "turns a tensor into a Python value" in message and "torch.where" in message
     assert not (tmp_path / "frozen.onnx").exists()
+
+
+def test_part_with_an_operator_onnx_lacks_is_named(tmp_path, capfd):
+    model = _third_party_model("running_max")
+    with pytest.raises(ExportError) as caught:
+        export(model, tmp_path / "max.onnx")
+    assert str(caught.value) == (
+        "encoder 'running_max' on level 'c3' cannot be exported: UnsupportedOperatorError: Exporting the operator "
+        "'aten::cummax' to ONNX opset version 17 is not supported"
+    )
+    assert "graph" not in capfd.readouterr().out  # torch's IR dump on failure is not shown
+    assert export(model, tmp_path / "max.torchscript", format="torchscript").is_file()
 
 
 def test_fixed_batch_and_threshold_overrides(tmp_path):
