@@ -41,6 +41,20 @@ MIN_OPSET, DEFAULT_OPSET = 11, 17
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 
 
+def _legacy() -> dict[str, Any]:
+    """Keyword arguments that select the TorchScript-based exporter (torch < 2.5 has only that one)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
+def _has_torchscript_exporter() -> bool:
+    """Whether this torch still has the TorchScript-based ONNX exporter."""
+    import importlib.util
+
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters or hasattr(torch.onnx, "utils"):
+        return True
+    return importlib.util.find_spec("torch.onnx._internal.torchscript_exporter") is not None
+
+
 def max_opset() -> int:
     """Highest opset this torch's TorchScript-based exporter writes."""
     from torch.onnx import _constants
@@ -317,7 +331,7 @@ def export_onnx(
     opset = DEFAULT_OPSET if opset is None else opset
     if not MIN_OPSET <= opset <= max_opset():
         raise ExportError(f"opset {opset} is not supported; choose one in [{MIN_OPSET}, {max_opset()}] (default 17)")
-    if "dynamo" not in inspect.signature(torch.onnx.export).parameters and not hasattr(torch.onnx, "utils"):
+    if not _has_torchscript_exporter():
         raise ExportError(
             f"torch {torch.__version__} has no TorchScript-based ONNX exporter (torch.onnx.export(dynamo=False)), "
             "which lstmdet needs for LSTMs and in-graph NMS; export with torch <= 2.14 or use --format torchscript"
@@ -330,7 +344,7 @@ def export_onnx(
         try:
             with torch.no_grad(), _silent_stdout():
                 torch.onnx.export(
-                    module, tuple(inputs), buffer, dynamo=False, opset_version=opset, input_names=input_names,
+                    module, tuple(inputs), buffer, **_legacy(), opset_version=opset, input_names=input_names,
                     output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True,
                 )  # fmt: skip
         except ExportError:
@@ -383,7 +397,7 @@ def _part_exporter(module: ExportModule, inputs: list[Tensor], opset: int) -> An
             args = (*args, {})  # torch.onnx.export would take a trailing dict for keyword arguments
         with warnings.catch_warnings(), torch.no_grad(), _silent_stdout():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Flat(target), args, io.BytesIO(), dynamo=False, opset_version=opset)
+            torch.onnx.export(_Flat(target), args, io.BytesIO(), **_legacy(), opset_version=opset)
 
     return run_part
 
