@@ -328,6 +328,13 @@ def export_onnx(
     Raises:
         ExportError: A part cannot be exported (named), a bad opset, or no TorchScript-based exporter.
     """
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError(
+            "ONNX export needs the onnx package, which is not installed; pip install 'lstmdet[export]'"
+        ) from None
+
     opset = DEFAULT_OPSET if opset is None else opset
     if not MIN_OPSET <= opset <= max_opset():
         raise ExportError(f"opset {opset} is not supported; choose one in [{MIN_OPSET}, {max_opset()}] (default 17)")
@@ -352,8 +359,6 @@ def export_onnx(
         except Exception as exc:  # (named below)
             raise parts.blame_exception(exc, _part_exporter(module, inputs, opset)) from exc
     check_frozen(module.net, inputs, parts.suspects(caught), batch)
-    import onnx
-
     proto = onnx.load_from_string(buffer.getvalue())
     how = f"torch {torch.__version__} torch.onnx TorchScript-based exporter (dynamo=False), opset {opset}"
     meta = contract.metadata(

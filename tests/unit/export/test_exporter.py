@@ -231,7 +231,7 @@ def test_bad_options_say_what_to_pass(tmp_path):
             export(classifier, tmp_path / "x.onnx", **options)
         assert words in str(caught.value)
     with pytest.raises(ExportError, match="give out="):
-        export(classifier)
+        lstmdet.export(classifier)  # the package lstmdet.export is callable as the Python API's function
 
 
 def test_half_precision_graph_keeps_float32_io(tmp_path):
