@@ -6,7 +6,7 @@ Public plugin API (stable)::
     from lstmdet.options import check_int, check_float, check_choice  # option checks with lstmdet's messages
 
 Python API: :func:`components`, :func:`create_component`, :func:`create_model`, :func:`load`, :func:`train`,
-:func:`detect`.
+:func:`detect`, :func:`export`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "create_component",
     "create_model",
     "detect",
+    "export",
     "hookimpl",
     "load",
     "train",
@@ -138,3 +139,20 @@ def detect(src: str | Path, out: str | Path, weights: str | Path | None = None, 
     from lstmdet.engine.detect import detect as _detect
 
     return _detect(src, out, weights, **options)
+
+
+def export(weights: str | Path | LstmdetModel | None = None, out: str | Path | None = None, **options: Any) -> Path:
+    """Export a model as one ONNX or TorchScript file (see :func:`lstmdet.export.export`).
+
+    Args:
+        weights: Checkpoint file, a model object, or ``None`` for the model shipped with lstmdet.
+        out: File to write (default: the checkpoint's name with ``.onnx`` / ``.torchscript``).
+        **options: ``format`` (``"onnx"`` / ``"torchscript"``), ``opset``, ``batch`` (``"dynamic"`` or
+            N), ``half``, ``score_thresh``, ``nms_thresh``, ``max_detections``.
+
+    Returns:
+        The path written.
+    """
+    from lstmdet.export import export as _export
+
+    return _export(weights, out, **options)

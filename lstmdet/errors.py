@@ -108,3 +108,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class ExportError(LstmdetError):
+    """A model cannot be exported (ONNX / TorchScript), or an exported file cannot be used; names the part and why."""

@@ -355,6 +355,35 @@ class ConvLSTMEncoder(nn.Module):
             new_state.append((y[:, -1].clone(), c_last))  # a copy: a view would pin all T steps
         return (x + y if self.residual else y.contiguous()), new_state
 
+    def export_step(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """One frame in plain tensor operations: the form ``lstmdet export`` traces into a graph.
+
+        Computes what :meth:`forward` computes for ``T = 1`` (zero tensors as state give what
+        ``state=None`` gives), without the fused kernel, so that tracers see every operation.
+
+        Args:
+            x: ``(B, C, H, W)`` feature map of one frame.
+            state: ``[h_0, c_0, h_1, c_1, ...]``, one ``(B, hidden, H, W)`` pair per layer.
+
+        Returns:
+            ``(y, new_state)``: ``y`` ``(B, hidden, H, W)`` as :meth:`forward` gives for the frame, and
+            the state after it in the same flat layout.
+        """
+        y = x
+        new_state: list[Tensor] = []
+        for n, layer in enumerate(self.layers):
+            h, c = state[2 * n], state[2 * n + 1]
+            pad = layer.kernel_size // 2
+            hid = layer.hidden
+            z = F.conv2d(y, layer.weight_x, layer.bias, padding=pad) + F.conv2d(h, layer.weight_h, padding=pad)
+            gates = torch.sigmoid(z[:, : 3 * hid])
+            i, f, o = gates[:, :hid], gates[:, hid : 2 * hid], gates[:, 2 * hid :]
+            g = torch.tanh(z[:, 3 * hid :])
+            c = f * c + i * g
+            y = o * torch.tanh(c)
+            new_state += [y, c]
+        return (x + y if self.residual else y), new_state
+
     def _check_input(self, x: Tensor, state: ConvLSTMState | None) -> None:
         if x.dim() != 5 or x.shape[2] != self.in_channels or x.shape[1] < 1:
             raise ValueError(

@@ -21,11 +21,11 @@ import warnings
 from collections.abc import Sequence
 from typing import TextIO
 
-from lstmdet.cli import data_cmds, detect_cmds, inspect_cmds, job_cmds, train_cmds
+from lstmdet.cli import data_cmds, detect_cmds, export_cmds, inspect_cmds, job_cmds, train_cmds
 from lstmdet.cli.arguments import Parser
 from lstmdet.errors import LstmdetError, LstmdetWarning
 
-COMMANDS = (inspect_cmds, train_cmds, data_cmds, detect_cmds, job_cmds)
+COMMANDS = (inspect_cmds, train_cmds, data_cmds, detect_cmds, job_cmds, export_cmds)
 #: Exit statuses of :func:`main`.
 EXIT_USER_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
 

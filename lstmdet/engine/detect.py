@@ -100,8 +100,8 @@ def open_detector(
     """Load a detection checkpoint (or take ``model``) onto ``device``.
 
     Args:
-        weights: Checkpoint file, or ``"default"`` for the model shipped with lstmdet; ``None`` uses
-            ``model``, else the shipped model.
+        weights: Checkpoint file, ``"default"`` for the model shipped with lstmdet, or an exported
+            ``.onnx`` detector (run by ONNX Runtime); ``None`` uses ``model``, else the shipped model.
         model: An already built detection model (instead of ``weights``).
         device: ``auto`` (CUDA when present; a given ``model``'s own device), ``cpu``, ``cuda[:N]``.
 
@@ -111,8 +111,14 @@ def open_detector(
     """
     from lstmdet.checkpoint import DEFAULT_WEIGHTS, default_model_path, load_model
 
-    dev = _device(device, model)
-    if model is not None:
+    onnx_file = model is None and weights is not None and Path(weights).suffix.lower() == ".onnx"
+    dev = torch.device("cpu") if onnx_file else _device(device, model)  # ONNX Runtime is fed from the CPU
+    if onnx_file:  # an exported detector: ONNX Runtime behind the same interface (lstmdet.export.runtime)
+        from lstmdet.export.runtime import OnnxModel
+
+        net = OnnxModel(weights, device=str(device))
+        identity = {"weights": str(weights), "weights_sha256": _sha256(Path(weights))}
+    elif model is not None:
         if weights is not None:
             raise LstmdetError("give weights or model, not both")
         net, identity = model.to(dev).eval(), {"weights": None, "weights_sha256": None}

@@ -136,6 +136,17 @@ CASES: list[tuple[list[str], dict[str, str]]] = [
     (["jobs", "cancel", "no-such-job"], {}),
     (["jobs", "cancel"], {}),
     (["jobs"], {}),
+    # export
+    (["export", "{missing}.pt"], {}),
+    (["export", "{adir}"], {}),
+    (["export", "{fake_pt}"], {}),
+    (["export", "{empty_pt}"], {}),
+    (["export", "{tiny}", "--format", "tflite"], {}),
+    (["export", "{tiny}", "--out", "{adir}"], {}),
+    (["export", "{tiny}", "--out", "/proc/lstmdet-wrong-inputs/m.onnx"], {}),
+    (["export", "{tiny}", "--opset", "x"], {}),
+    (["export", "{tiny}", "--conf", "2"], {}),
+    (["export", "{tiny}", "--max-det", "0"], {}),
     # worker (must fail before starting any process)
     (["worker"], NOT_REDIS),
     (["worker", "--concurrency", "0"], {}),

@@ -257,3 +257,19 @@ def test_cuda_matches_cpu_including_gradients() -> None:
     torch.testing.assert_close(yc.cpu(), y, atol=1e-4, rtol=1e-4)
     for p, g in zip(enc.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad.cpu(), g, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_export_step_from_zeros_equals_forward_frame_by_frame(residual):
+    torch.manual_seed(0)
+    enc = ConvLSTMEncoder(6, hidden=6, layers=2, kernel_size=3, residual=residual).eval()
+    x = torch.randn(2, 4, 6, 5, 7)
+    with torch.no_grad():
+        want, want_state = enc(x)
+        state = [torch.zeros(2, 6, 5, 7) for _ in range(4)]
+        steps = []
+        for t in range(4):
+            y, state = enc.export_step(x[:, t], state)
+            steps.append(y)
+    torch.testing.assert_close(torch.stack(steps, dim=1), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state, [s for pair in want_state for s in pair], atol=1e-5, rtol=1e-5)
