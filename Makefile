@@ -30,5 +30,5 @@ clean:
 demo: install
 	rm -rf demo
 	$(VENV)/bin/lstmdet data digits-det demo/scenes --images 24 --seed 5 --split test
-	$(VENV)/bin/lstmdet detect demo/scenes/images --out demo/detections --save-images --conf 0.3
+	$(VENV)/bin/lstmdet detect demo/scenes/images --out demo/detections --save-images --agnostic-nms
 	@echo "annotated images: demo/detections/images/  COCO files: demo/detections/{images,coco_results}.json"

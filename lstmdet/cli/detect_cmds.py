@@ -18,8 +18,9 @@ exit status:
 
 #: Printed once when ``detect`` runs without ``--weights``.
 DEFAULT_MODEL_NOTE = (
-    "no --weights given: using the model shipped with lstmdet, a detector of handwritten digits 0-9 (not of "
-    "objects in photos); pass --weights CKPT for your own model (lstmdet train writes DIR/best.pt)"
+    "no --weights given: used the model shipped with lstmdet, a detector of handwritten digits 0-9 (not of "
+    "objects in photos; digits never overlap, so --agnostic-nms keeps one box per digit); pass --weights CKPT "
+    "for your own model (lstmdet train writes DIR/best.pt)"
 )
 
 
