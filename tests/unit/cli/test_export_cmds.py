@@ -31,7 +31,7 @@ def test_export_errors_are_one_line_with_exit_2(tmp_path, capsys):
     for args, words in (
         (["--batch", "none"], "batch must be 'dynamic' or a positive integer, got 'none'"),
         (["--opset", "99"], "opset 99 is not supported"),
-        (["--conf", "1.5"], "score_thresh (--conf) must be a number in [0, 1], got 1.5"),
+        (["--conf", "1.5"], "--conf: expected a number in [0, 1], got '1.5'"),
     ):
         assert main(["export", str(ckpt), "--out", str(tmp_path / "x.onnx"), *args]) == 2
         err = capsys.readouterr().err
