@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from helpers import RedisServer
@@ -12,17 +13,24 @@ from lstmdet.cli.main import main
 pytestmark = pytest.mark.redis
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def roots(redis_server: RedisServer, tmp_path, monkeypatch):
+def roots(server: RedisServer, tmp_path, monkeypatch):
     """Empty broker and job databases; ``tmp_path`` (holding an empty ``in/``) is the data root."""
     import redis
 
     for db in (0, 1):
-        client = redis.Redis.from_url(redis_server.url(db))
+        client = redis.Redis.from_url(server.url(db))
         client.flushdb()
         client.close()
-    monkeypatch.setenv("LSTMDET_BROKER_URL", redis_server.url(0))
-    monkeypatch.setenv("LSTMDET_RESULT_URL", redis_server.url(1))
+    monkeypatch.setenv("LSTMDET_BROKER_URL", server.url(0))
+    monkeypatch.setenv("LSTMDET_RESULT_URL", server.url(1))
     monkeypatch.setenv("LSTMDET_DATA_ROOTS", str(tmp_path))
     (tmp_path / "in").mkdir()
     return tmp_path

@@ -1,12 +1,32 @@
-"""Fixtures of the workers' unit tests: settings that point at the private ``redis-server`` of
-``tests/conftest.py`` (``redis_server``)."""
+"""Fixtures of the workers' unit tests: a private ``redis-server`` and settings that point at it.
+
+Tests that use :func:`redis_server` (directly or through :func:`redis_settings`) are marked
+``redis``: they need the ``redis-server`` binary, but start no worker processes.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 from helpers import RedisServer
 
 from lstmdet.workers.settings import Settings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts (or shares) the private Redis server as ``redis``."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``redis-server`` for the session (emptied by :func:`redis_settings` before each test)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
