@@ -5,6 +5,10 @@ imported; importing it loads no torch (the job client uses it to publish). The w
 process stays light: it imports torch (:func:`_preload_torch`) but no model code and never touches
 CUDA; each pool process imports the engine when it starts (:func:`_init_process`), sets its torch
 threads from ``LSTMDET_TORCH_THREADS`` and then keeps its models cached between tasks.
+
+The main process also keeps the leases of the tasks it holds (:mod:`lstmdet.workers.leases`): a
+heartbeat thread starts when the worker is ready, marks the worker draining on SIGTERM (its tasks
+then stop and go back to the queue) and stops once the pool has finished.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from lstmdet.workers.leases import LeaseKeeper, open_leases
 from lstmdet.workers.settings import Settings, celery_config
+
+#: The heartbeat of this worker's main process (None in pool processes and clients).
+_keeper: LeaseKeeper | None = None
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -62,6 +70,31 @@ def _init_process(**_: object) -> None:
         torch.set_num_threads(max(1, int(threads)))
     import lstmdet.engine.detect
     import lstmdet.engine.train  # noqa: F401
+
+
+@worker_ready.connect
+def _start_leases(sender: object = None, **_: object) -> None:
+    """In the main process, once the worker consumes: start renewing leases and sweeping for lost tasks."""
+    global _keeper
+    consumer = sender
+    settings = consumer.app.conf.lstmdet_settings
+    queues = sorted(q.name for q in consumer.task_consumer.queues)
+    _keeper = LeaseKeeper(open_leases(settings), consumer.hostname, queues)
+    _keeper.start()
+
+
+@worker_shutting_down.connect
+def _drain(**_: object) -> None:
+    """SIGTERM or SIGINT in the main process: running tasks stop at their next batch or step and go back."""
+    if _keeper is not None:
+        _keeper.drain()
+
+
+@worker_shutdown.connect
+def _stop_leases(**_: object) -> None:
+    """The pool has finished: stop the heartbeat and leave the worker registry."""
+    if _keeper is not None:
+        _keeper.stop()
 
 
 app = create_app()

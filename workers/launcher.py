@@ -61,7 +61,9 @@ def plan_workers(
         gpus: GPU indices; one worker each. Empty: a CPU worker.
         concurrency: CPU pool processes (default 1); with GPUs it must be 1 or unset.
         loglevel: Celery log level.
-        name: Node name prefix (default ``lstmdet``); the host name is appended.
+        name: Node name prefix (default ``lstmdet``); the GPU or ``cpu``, this process's id and
+            the host name are appended (``lstmdet-cpu.4711@host``), so that two workers on one
+            host never share a name: leases and ``lstmdet workers`` tell workers apart by it.
         cores: CPU cores to share between pool processes (default: the cores this process may use).
     """
     unknown = [q for q in queues if q not in QUEUES]
@@ -76,7 +78,7 @@ def plan_workers(
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     host = socket.gethostname()
-    prefix = name or "lstmdet"
+    prefix, pid = name or "lstmdet", os.getpid()
     base = [sys.executable, "-m", "celery", "--app", "lstmdet.workers.app:app", "worker", "--queues", ",".join(queues),
             "--prefetch-multiplier", "1", "--loglevel", loglevel, "--without-gossip", "--without-mingle",
             "-O", "fair"]  # fmt: skip
@@ -84,7 +86,7 @@ def plan_workers(
         threads = str(max(1, cores // len(gpus)))
         return [
             WorkerProcess(
-                [*base, "--concurrency", "1", "--hostname", f"{prefix}-gpu{gpu}@{host}"],
+                [*base, "--concurrency", "1", "--hostname", f"{prefix}-gpu{gpu}.{pid}@{host}"],
                 {"CUDA_VISIBLE_DEVICES": gpu, "LSTMDET_TORCH_THREADS": threads},
             )
             for gpu in gpus
@@ -93,7 +95,7 @@ def plan_workers(
     threads = str(max(1, cores // processes))
     return [
         WorkerProcess(
-            [*base, "--concurrency", str(processes), "--hostname", f"{prefix}-cpu@{host}"],
+            [*base, "--concurrency", str(processes), "--hostname", f"{prefix}-cpu.{pid}@{host}"],
             {"CUDA_VISIBLE_DEVICES": "", "LSTMDET_TORCH_THREADS": threads},
         )
     ]

@@ -9,8 +9,13 @@ Variables (see ``DESIGN.md``, Environment):
 * ``LSTMDET_DEFAULT_QUEUE``: queue of jobs submitted without ``--queue`` (default ``cpu``).
 * ``LSTMDET_SOFT_TIME_LIMIT`` / ``LSTMDET_TIME_LIMIT``: seconds a task may run before it is asked
   to stop (a train job checkpoints and continues in a new task) / is killed.
-* ``LSTMDET_VISIBILITY_TIMEOUT``: seconds before Redis hands an unacknowledged task to another
-  worker; must exceed the hard time limit, or a running task would be handed out twice.
+* ``LSTMDET_LEASE_SECONDS`` / ``LSTMDET_HEARTBEAT_SECONDS``: a task whose worker has not renewed
+  its lease for this long goes back to the queue (default 30 s) / how often every worker renews
+  the leases of the tasks it holds and sweeps for lost ones (default 5 s; at most a third of the
+  lease). See :mod:`lstmdet.workers.leases`.
+* ``LSTMDET_VISIBILITY_TIMEOUT``: kombu's own backstop: seconds before Redis hands an unacknowledged
+  task to another worker whatever its lease says; must exceed the hard time limit, or a running
+  task would be handed out twice. Leases, not this, bring back the tasks of a lost worker.
 * ``LSTMDET_MAX_DELIVERIES``: deliveries of one task before it is failed as a poison job.
 * ``LSTMDET_RESULT_EXPIRES``: seconds job records and results are kept after a job ends.
 """
@@ -89,6 +94,8 @@ class Settings:
     visibility_timeout: int = 6 * 3600 + 1800
     max_deliveries: int = 3
     result_expires: int = 7 * 24 * 3600
+    lease_seconds: int = 30
+    heartbeat_seconds: int = 5
 
     def __post_init__(self) -> None:
         for variable, url in (("LSTMDET_BROKER_URL", self.broker_url), ("LSTMDET_RESULT_URL", self.result_url)):
@@ -98,6 +105,12 @@ class Settings:
                 f"time limits must satisfy soft ({self.soft_time_limit}) < hard ({self.time_limit}) < visibility "
                 f"timeout ({self.visibility_timeout}); otherwise Redis hands a running task to a second worker. "
                 "Fix LSTMDET_SOFT_TIME_LIMIT, LSTMDET_TIME_LIMIT and LSTMDET_VISIBILITY_TIMEOUT"
+            )
+        if self.heartbeat_seconds * 3 > self.lease_seconds:
+            raise LstmdetError(
+                f"LSTMDET_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be at most a third of "
+                f"LSTMDET_LEASE_SECONDS "
+                f"({self.lease_seconds}), so that one late heartbeat does not hand a running task to another worker"
             )
         if self.default_queue not in QUEUES:
             raise LstmdetError(f"LSTMDET_DEFAULT_QUEUE={self.default_queue!r}; use one of {', '.join(QUEUES)}")
@@ -120,6 +133,8 @@ class Settings:
             visibility_timeout=_int(env, "LSTMDET_VISIBILITY_TIMEOUT", max(cls.visibility_timeout, hard + 600)),
             max_deliveries=_int(env, "LSTMDET_MAX_DELIVERIES", cls.max_deliveries),
             result_expires=_int(env, "LSTMDET_RESULT_EXPIRES", cls.result_expires),
+            lease_seconds=_int(env, "LSTMDET_LEASE_SECONDS", cls.lease_seconds),
+            heartbeat_seconds=_int(env, "LSTMDET_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
         )
 
 

@@ -3,8 +3,11 @@
 Only small JSON lives here; artifacts go to files under the data roots. Keys:
 
 * ``lstmdet:job:<id>``: a hash with ``id``, ``kind``, ``queue``, ``spec``, ``state``, ``created``,
-  ``started``, ``finished``, ``progress``, ``result``, ``error``, ``cancel``;
-* ``lstmdet:jobs``: a sorted set of job ids by creation time (``jobs list``);
+  ``started``, ``finished``, ``progress`` (with ``progress_order``, which only grows), ``result``,
+  ``error``, ``cancel``;
+* ``lstmdet:jobs``: a sorted set of job ids by creation time (``jobs list``); ids whose record has
+  expired are dropped from it whenever a job is created, so Redis holds the jobs of the retention
+  window (``LSTMDET_RESULT_EXPIRES`` after they end) and no more;
 * ``lstmdet:job:<id>:shards``: the finished shards of a detect job (a set, so a shard that
   finishes twice counts once);
 * ``lstmdet:job:<id>:merge``: who queues the merge of a detect job (:meth:`JobStore.claim_merge`),
@@ -15,7 +18,9 @@ Only small JSON lives here; artifacts go to files under the data roots. Keys:
 * ``lstmdet:deliveries:<task id>``: how often a task was delivered (the poison-job cap).
 
 States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``. A final state is
-never overwritten (a late message of a cancelled job cannot revive it).
+never overwritten (a late message of a cancelled job cannot revive it), and progress never moves
+back (a late update from a delivery that lost its lease, or from a shard that finished earlier,
+is dropped).
 """
 
 from __future__ import annotations
@@ -40,6 +45,19 @@ _PREFIX = "lstmdet:job:"
 _INDEX = "lstmdet:jobs"
 #: Hash fields stored as JSON.
 _JSON_FIELDS = ("spec", "progress", "result")
+#: Index entries examined per :meth:`JobStore.create` for expired records (bounds the work of one call).
+_PRUNE_BATCH = 1000
+
+# Set the progress when its order is not below the recorded one and the job has not ended; 1 when applied.
+_SET_PROGRESS = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+local old = tonumber(redis.call('HGET', KEYS[1], 'progress_order') or '-1')
+if tonumber(ARGV[2]) < old then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_order', ARGV[2])
+return 1
+"""
 
 # Set fields and the state unless the job is already in a final state; returns 1 when applied.
 _SET_STATE = """
@@ -122,6 +140,7 @@ class JobStore:
         self.redis = redis_client(url, retries=retries)
         self._set_state = self.redis.register_script(_SET_STATE)
         self._claim_merge = self.redis.register_script(_CLAIM_MERGE)
+        self._set_progress = self.redis.register_script(_SET_PROGRESS)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import redis
@@ -153,6 +172,26 @@ class JobStore:
                 pipe.execute()
 
         self._call(write)
+        self._call(self.prune, now)
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop index entries of jobs whose records expired; returns how many were dropped.
+
+        Only jobs created more than the retention ago can have expired; each call looks at up to
+        :data:`_PRUNE_BATCH` of them, oldest first, so the index never outgrows the records by much.
+        """
+        now = time.time() if now is None else now
+        old = self.redis.zrangebyscore(_INDEX, "-inf", now - self.expires, start=0, num=_PRUNE_BATCH)
+        if not old:
+            return 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in old:
+                pipe.exists(_PREFIX + job_id)
+            alive = pipe.execute()
+        gone = [job_id for job_id, exists in zip(old, alive, strict=True) if not exists]
+        if gone:
+            self.redis.zrem(_INDEX, *gone)
+        return len(gone)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's record (JSON fields decoded, times as floats), or ``None`` when unknown."""
@@ -163,24 +202,50 @@ class JobStore:
         for key, value in raw.items():
             if key in _JSON_FIELDS:
                 record[key] = json.loads(value) if value else None
-            elif key in ("created", "started", "finished"):
+            elif key in ("created", "started", "finished", "progress_order"):
                 record[key] = float(value) if value else None
             else:
                 record[key] = value
         record["cancel"] = record.get("cancel") == "1"
         return record
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest ``limit`` jobs, newest first (records that expired are dropped from the index)."""
-        ids = self._call(self.redis.zrevrange, _INDEX, 0, limit - 1)
-        records = []
-        for job_id in ids:
-            record = self.get(job_id)
-            if record is None:
-                self._call(self.redis.zrem, _INDEX, job_id)
-            else:
+    def list(
+        self, limit: int = 50, *, offset: int = 0, state: str | None = None, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A page of jobs, newest first (records that expired are dropped from the index).
+
+        Args:
+            limit: Jobs in the page.
+            offset: Matching jobs skipped first (the page ``offset // limit``).
+            state: Only jobs in this state (``queued``, ``running``, a final state).
+            kind: Only jobs of this kind (``train``, ``detect``, ``eval``).
+        """
+        records: list[dict[str, Any]] = []
+        skipped, start, chunk = 0, 0, max(50, limit)
+        while len(records) < limit:
+            ids = self._call(self.redis.zrevrange, _INDEX, start, start + chunk - 1)
+            if not ids:
+                break
+            start += len(ids)
+            for job_id in ids:
+                record = self.get(job_id)
+                if record is None:
+                    self._call(self.redis.zrem, _INDEX, job_id)
+                    start -= 1
+                    continue
+                if (state and record["state"] != state) or (kind and record["kind"] != kind):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
                 records.append(record)
+                if len(records) == limit:
+                    break
         return records
+
+    def count(self) -> int:
+        """Job ids in the index (expired ones included until the next :meth:`prune`)."""
+        return int(self._call(self.redis.zcard, _INDEX))
 
     def update(self, job_id: str, **fields: Any) -> bool:
         """Set fields (``state`` included) unless the job already ended; True when applied."""
@@ -188,6 +253,17 @@ class JobStore:
             return True
         args = [x for pair in self._encode(fields).items() for x in pair]
         applied = self._call(self._set_state, [_PREFIX + job_id], args)
+        return applied == 1
+
+    def progress(self, job_id: str, progress: dict[str, Any], order: float) -> bool:
+        """Record ``progress`` unless a progress of higher ``order`` is recorded or the job ended.
+
+        Args:
+            job_id: The job.
+            progress: What ``jobs status`` shows (shards done, epoch and step, loss...).
+            order: A number that grows as the job advances (shards done; epoch and step).
+        """
+        applied = self._call(self._set_progress, [_PREFIX + job_id], [json.dumps(progress), float(order)])
         return applied == 1
 
     def start(self, job_id: str, record: dict[str, Any]) -> bool:

@@ -1,9 +1,17 @@
 """Job tasks: thin adapters from a JSON spec to the engine, with job state kept in :mod:`.store`.
 
 Every task takes ``(job_id, spec, ...)``; the job id is the Celery task id of the job's first task.
-On each delivery a task counts the delivery (a task delivered more than ``max_deliveries`` times
-fails the job as a poison job instead of killing workers forever), checks the job is neither over
-nor cancelled, and checks every path of the spec against this worker's data roots again.
+On each delivery a task counts the delivery (a task whose pool process died more than
+``max_deliveries`` times fails the job as a poison job instead of killing workers forever; a
+delivery put back because its whole worker was lost does not count), checks the job is neither
+over nor cancelled, and checks every path of the spec against this worker's data roots again.
+
+Every task may be delivered twice (:mod:`lstmdet.workers.leases`), and nothing it does happens
+twice: between batches or steps a task asks :class:`_Guard` whether its delivery still holds its
+message (if not, another worker runs it now: it stops and touches nothing), whether the job was
+cancelled, and whether its worker is draining (SIGTERM: a train job checkpoints, a detect shard
+stops, and both go back to the queue at once). Job state only moves forward and progress never
+moves back (:mod:`.store`).
 
 * ``lstmdet.train``: runs the trainer into ``out``; progress (epoch, step, loss, metric) goes to the
   job record; ``last.pt`` is written every epoch. A redelivered job resumes from ``last.pt``. At
@@ -37,6 +45,7 @@ from celery import Celery, Task
 
 from lstmdet.errors import Cancelled, LstmdetError
 from lstmdet.workers.cache import ModelCache
+from lstmdet.workers.leases import LeaseLost, Leases, open_leases
 from lstmdet.workers.settings import Settings
 from lstmdet.workers.specs import validate_spec
 from lstmdet.workers.store import FINAL, JobStore
@@ -50,6 +59,7 @@ JOB_MARKER = ".lstmdet-job"
 #: Seconds before a merge that found another merge of its job running looks again.
 MERGE_RECHECK_S = 10
 _stores: dict[str, JobStore] = {}
+_leases: dict[str, Leases] = {}
 
 
 def _settings(task: Task) -> Settings:
@@ -63,17 +73,11 @@ def job_store(settings: Settings) -> JobStore:
     return _stores[settings.result_url]
 
 
-def _throttled(check: Callable[[], bool], every: float = 0.5) -> Callable[[], bool]:
-    """``check`` asked at most every ``every`` seconds (a sticky True)."""
-    state = {"at": 0.0, "value": False}
-
-    def ask() -> bool:
-        now = time.monotonic()
-        if not state["value"] and now - state["at"] >= every:
-            state["at"], state["value"] = now, check()
-        return state["value"]
-
-    return ask
+def lease_book(settings: Settings) -> Leases:
+    """This process's lease book (the broker's Redis), retrying through a Redis restart."""
+    if settings.broker_url not in _leases:
+        _leases[settings.broker_url] = open_leases(settings)
+    return _leases[settings.broker_url]
 
 
 class _Delivery:
@@ -83,7 +87,9 @@ class _Delivery:
         settings = _settings(task)
         self.store = store = job_store(settings)
         self.task, self.job_id, self.spec, self.run, self.queue = task, job_id, spec, False, ""
-        count = store.count_delivery(f"{task.request.id}:{task.request.retries}")
+        deliveries = store.count_delivery(f"{task.request.id}:{task.request.retries}")
+        count = deliveries - lease_book(settings).failovers(task.request.id, task.request.retries)
+        self.guard = _Guard(task, store, job_id)
         record = store.get(job_id)
         if record is None:
             log.warning("task %s for unknown or expired job %s: dropped", task.name, job_id)
@@ -108,6 +114,43 @@ class _Delivery:
         self.run = True
 
 
+class _Guard:
+    """Asked between batches or steps (at most every ``every`` seconds): should this delivery stop?
+
+    Returns True once the job is cancelled (``reason`` ``"cancel"``) or the worker drains
+    (``"drain"``); raises :class:`~lstmdet.workers.leases.LeaseLost` when the delivery no longer
+    holds its message, so that nothing more happens here.
+    """
+
+    def __init__(self, task: Task, store: JobStore, job_id: str, every: float = 0.5) -> None:
+        self.leases = lease_book(_settings(task))
+        self.store, self.job_id, self.every = store, job_id, every
+        self.tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
+        self.hostname = task.request.hostname
+        self.name = task.name
+        self.reason: str | None = None
+        self._at = -every
+
+    def fence(self) -> None:
+        """Raise :class:`LeaseLost` unless this delivery still holds its message (before a write)."""
+        if not self.leases.holds(self.tag):
+            raise LeaseLost(f"{self.name} of job {self.job_id}: the lease was lost (the task runs elsewhere)")
+
+    def __call__(self) -> bool:
+        if self.reason is not None:
+            return True
+        now = time.monotonic()
+        if now - self._at < self.every:
+            return False
+        self._at = now
+        self.fence()
+        if self.store.cancelled(self.job_id):
+            self.reason = "cancel"
+        elif self.leases.draining(self.hostname):
+            self.reason = "drain"
+        return self.reason is not None
+
+
 @contextlib.contextmanager
 def _job_errors(store: JobStore, job_id: str, task: Task) -> Iterator[None]:
     """Turn what a task raises into the job's end state (Celery's own retry passes through)."""
@@ -117,6 +160,8 @@ def _job_errors(store: JobStore, job_id: str, task: Task) -> Iterator[None]:
         yield
     except Retry:
         raise
+    except LeaseLost as exc:
+        log.warning("job %s: %s; stopped without further effects", job_id, exc)
     except Cancelled:
         store.finish(job_id, "cancelled", error="cancelled")
     except SoftTimeLimitExceeded:
@@ -196,21 +241,23 @@ def train_task(task: Task, job: _Delivery) -> None:
         from lstmdet.engine.train import Trainer
 
         out = Path(spec["out"])
+        guard = job.guard
         trainer = Trainer(spec["config"], out, resume=_train_out_ready(out, job_id, spec["resume"]))
-        cancelled = _throttled(lambda: store.cancelled(job_id))
         last = {"at": 0.0}
 
         def progress(event: dict[str, Any]) -> None:
             now = time.monotonic()
             if event["phase"] == "epoch" or now - last["at"] >= 1.0:
                 last["at"] = now
-                store.update(job_id, progress={k: v for k, v in event.items() if k != "phase"})
+                order = event["epoch"] * 10_000_000 + event["step"]
+                store.progress(job_id, {k: v for k, v in event.items() if k != "phase"}, order)
 
-        result = trainer.fit(should_stop=lambda: soft.raised or cancelled(), on_progress=progress)
+        result = trainer.fit(should_stop=lambda: guard() or soft.raised, on_progress=progress, fence=guard.fence)
         if result.get("stopped"):
-            if cancelled():
+            if guard.reason == "cancel":
                 raise Cancelled("cancelled")
-            log.warning("job %s: soft time limit at epoch %s step %s; continuing in a new task", job_id,
+            why = "its worker is stopping" if guard.reason == "drain" else "soft time limit"
+            log.warning("job %s: %s at epoch %s step %s; checkpointed, continuing in a new task", job_id, why,
                         result["epoch"], result["step"])  # fmt: skip
             raise task.retry(countdown=0, max_retries=None)
         metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
@@ -228,6 +275,7 @@ def eval_task(task: Task, job: _Delivery) -> None:
     spec = job.spec
     metrics = evaluate_checkpoint(spec["weights"], data=spec["data"], batch_size=spec["batch_size"],
                                   device=spec["device"])  # fmt: skip
+    job.guard.fence()
     if spec["out"]:
         Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(spec["out"]), metrics)
@@ -254,7 +302,7 @@ def _shards_progress(job: _Delivery, plan: Any, done: int) -> None:
     claim queues the merge (:meth:`~lstmdet.workers.store.JobStore.claim_merge`).
     """
     job_id = job.job_id
-    job.store.update(job_id, progress={"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)})
+    job.store.progress(job_id, {"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)}, done)
     if done >= len(plan.shards) and job.store.claim_merge(job_id, job.task.request.id):
         job.task.app.send_task("lstmdet.detect_merge", args=[job_id, job.spec], queue=job.queue)
         job.store.merge_queued(job_id)
@@ -291,8 +339,14 @@ def detect_shard_task(task: Task, job: _Delivery, index: int) -> None:
     if plan is None or plan.job != job.job_id:
         raise LstmdetError(f"{out} holds no shard plan of job {job.job_id} (was the folder removed or reused?)")
     device = DetectOptions.from_json(spec["options"]).device
-    run_shard(out, plan, index, MODELS.get(spec["weights"], device),
-              should_stop=_throttled(lambda: job.store.cancelled(job.job_id)))  # fmt: skip
+    try:
+        run_shard(out, plan, index, MODELS.get(spec["weights"], device), should_stop=job.guard)
+    except Cancelled:
+        if job.guard.reason == "drain":
+            log.warning("job %s: shard %s stopped as its worker is stopping; back on the queue", job.job_id, index)
+            raise task.retry(countdown=0, max_retries=None) from None
+        raise
+    job.guard.fence()
     _shards_progress(job, plan, job.store.shard_done(job.job_id, index))
 
 
@@ -316,6 +370,7 @@ def detect_merge_task(task: Task, job: _Delivery) -> None:
         record = store.get(job_id)
         if record is None or record["state"] in FINAL:
             return  # an earlier merge ended the job (or it was cancelled meanwhile): its files stand
+        job.guard.fence()
         summary = shards.merge_shards(out)
         store.finish(job_id, "succeeded", result={**summary, "out": out})
 

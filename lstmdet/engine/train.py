@@ -286,6 +286,7 @@ class Trainer:
         *,
         should_stop: Callable[[], bool] | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Train the remaining epochs, then write ``summary.json``; returns the summary.
 
@@ -301,6 +302,8 @@ class Trainer:
                 batches done in it; ``L`` its running mean loss) and after every epoch with
                 ``phase="epoch"``, ``step=B``, the epoch's mean loss and ``"metric"`` (the validation
                 headline metric, or None without ``data.val``). Called on the training thread.
+            fence: Called just before the files of a finished epoch are written; it raises to
+                abandon the run without writing them (a queued job whose task now runs elsewhere).
 
         Returns:
             The summary; ``{"finished": False, "epoch": N}`` when stopped by ``max_epochs``;
@@ -328,6 +331,8 @@ class Trainer:
                 if improved:
                     self.best, self.best_epoch = metric, self.epoch
             self.stale = 0 if improved else self.stale + 1
+            if fence is not None:
+                fence()
             save_checkpoint(self.out / "last.pt", self.model, train_state=self._train_state())
             if improved:
                 save_checkpoint(self.out / "best.pt", self.model)

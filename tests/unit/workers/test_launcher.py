@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 
 import pytest
@@ -49,9 +51,12 @@ def test_plan_threads_split_between_processes():
     assert plan_workers(queues=["gpu"], gpus=["3"], concurrency=1, cores=4)[0].env["CUDA_VISIBLE_DEVICES"] == "3"
 
 
-def test_plan_names():
+def test_plan_names_are_unique_per_gpu_and_per_launch():
     plan = plan_workers(queues=["gpu"], gpus=["0", "1"], name="box", cores=2)
-    assert all(_after(w.argv, "--hostname").startswith(f"box-gpu{g}@") for w, g in zip(plan, ["0", "1"], strict=True))
+    names = [_after(w.argv, "--hostname") for w in plan]
+    assert names == [f"box-gpu{g}.{os.getpid()}@{socket.gethostname()}" for g in ("0", "1")]
+    (cpu,) = plan_workers(queues=["cpu"], cores=2)
+    assert _after(cpu.argv, "--hostname") == f"lstmdet-cpu.{os.getpid()}@{socket.gethostname()}"
 
 
 @pytest.mark.parametrize(

@@ -143,3 +143,14 @@ def test_an_unparsable_broker_url_is_refused_without_showing_its_password():
     with pytest.raises(LstmdetError) as info:
         Settings.from_env({"LSTMDET_BROKER_URL": "http://:secret@host:6379/0"})
     assert "secret" not in str(info.value) and "***" in str(info.value)
+
+
+def test_leases_default_to_30_s_renewed_every_5_s_and_are_settable():
+    assert (Settings().lease_seconds, Settings().heartbeat_seconds) == (30, 5)
+    s = Settings.from_env({"LSTMDET_LEASE_SECONDS": "60", "LSTMDET_HEARTBEAT_SECONDS": "10"})
+    assert (s.lease_seconds, s.heartbeat_seconds) == (60, 10)
+
+
+def test_a_heartbeat_longer_than_a_third_of_the_lease_is_refused():
+    with pytest.raises(LstmdetError, match=r"LSTMDET_HEARTBEAT_SECONDS.*third.*LSTMDET_LEASE_SECONDS"):
+        Settings.from_env({"LSTMDET_LEASE_SECONDS": "10", "LSTMDET_HEARTBEAT_SECONDS": "4"})

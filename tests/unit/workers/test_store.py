@@ -104,6 +104,49 @@ def test_list_is_newest_first_limited_and_drops_expired_records(store):
     assert store.redis.zrange("lstmdet:jobs", 0, -1) == ["j0", "j1", "j3"]
 
 
+def test_list_pages_and_filters_by_state_and_kind(store):
+    for i in range(12):
+        store.create(f"j{i:02d}", "detect" if i % 2 else "train", "cpu", SPEC)
+        time.sleep(0.002)
+    for i in range(0, 12, 3):
+        store.finish(f"j{i:02d}", "succeeded")
+    newest = [f"j{i:02d}" for i in reversed(range(12))]
+    assert [r["id"] for r in store.list(5)] == newest[:5]
+    assert [r["id"] for r in store.list(5, offset=5)] == newest[5:10]
+    assert [r["id"] for r in store.list(5, offset=10)] == newest[10:]
+    assert [r["id"] for r in store.list(50, state="succeeded")] == ["j09", "j06", "j03", "j00"]
+    assert [r["id"] for r in store.list(2, offset=1, state="queued", kind="detect")] == ["j07", "j05"]
+
+
+def test_progress_never_moves_back(store):
+    store.create("j1", "detect", "cpu", SPEC)
+    assert store.progress("j1", {"shards_done": 3}, 3) is True
+    assert store.progress("j1", {"shards_done": 2}, 2) is False  # a shard that finished earlier, reported late
+    assert store.get("j1")["progress"] == {"shards_done": 3}
+    assert store.progress("j1", {"shards_done": 3, "images": 9}, 3) is True  # same order: newer fields win
+    store.finish("j1", "succeeded")
+    assert store.progress("j1", {"shards_done": 4}, 4) is False  # the job ended
+
+
+def test_redis_holds_the_retention_window_only_after_ten_thousand_finished_jobs(redis_settings):
+    short = JobStore(redis_settings.result_url, expires=1, retries=0)
+    pipe = short.redis.pipeline(transaction=False)
+    created = time.time()
+    for i in range(10_000):  # what create and finish leave behind, written in bulk
+        key = f"lstmdet:job:old{i}"
+        pipe.hset(key, mapping={"id": f"old{i}", "kind": "detect", "queue": "cpu", "state": "succeeded"})
+        pipe.zadd("lstmdet:jobs", {f"old{i}": created})
+        pipe.expire(key, 1)
+        pipe.set(f"lstmdet:deliveries:old{i}:0", 1, ex=1)
+    pipe.execute()
+    assert short.count() == 10_000
+    time.sleep(2.2)
+    for i in range(15):  # each new job prunes up to a batch of expired entries
+        short.create(f"new{i}", "detect", "cpu", SPEC)
+    assert short.count() == 15
+    assert len(short.redis.keys("*")) == 16  # the 15 records and the index: nothing else is left
+
+
 def test_cancel_ends_a_queued_job_and_flags_a_running_one(store):
     store.create("queued", "eval", "cpu", {})
     store.create("running", "eval", "cpu", {})

@@ -27,7 +27,7 @@ from lstmdet.errors import Cancelled, LstmdetError
 from lstmdet.workers.settings import Settings
 from lstmdet.workers.specs import validate_spec
 from lstmdet.workers.store import JobStore
-from lstmdet.workers.tasks import JOB_MARKER, _throttled, _train_out_ready, job_store, job_task
+from lstmdet.workers.tasks import JOB_MARKER, _train_out_ready, job_store, job_task
 
 DETECT = {"device": "cpu", "workers": 0, "batch_size": 2}
 FINAL = ["coco_results.json", "detections.jsonl", "images.json", "options.json", "summary.json"]
@@ -376,28 +376,6 @@ def test_a_train_folder_is_claimed_by_its_job(tmp_path):
     assert (out / JOB_MARKER).read_text() == "job-a\n"
     assert _train_out_ready(out, "job-b", resume=True) is True
     assert (out / JOB_MARKER).read_text() == "job-b\n"
-
-
-def test_throttled_asks_at_most_every_interval_and_stays_true(monkeypatch):
-    import lstmdet.workers.tasks as tasks
-
-    now = {"t": 100.0}
-    monkeypatch.setattr(tasks.time, "monotonic", lambda: now["t"])
-    answers = iter([False, True, False])
-    asked = []
-
-    def check() -> bool:
-        asked.append(now["t"])
-        return next(answers)
-
-    ask = _throttled(check, every=0.5)
-    assert [ask(), ask()] == [False, False] and asked == [100.0]
-    now["t"] = 100.4
-    assert ask() is False and asked == [100.0]
-    now["t"] = 100.6
-    assert ask() is True and asked == [100.0, 100.6]
-    now["t"] = 102.0
-    assert ask() is True and asked == [100.0, 100.6]  # sticky: never asked again
 
 
 def test_ping_reports_where_and_when_it_ran(app):
