@@ -64,6 +64,7 @@ class JobClient:
         self.settings = settings or Settings.from_env()
         self.store = JobStore(self.settings.result_url, expires=self.settings.result_expires, retries=2)
         self._app: Any = None
+        self._leases: Any = None
 
     @property
     def app(self) -> Any:
@@ -181,9 +182,47 @@ class JobClient:
             raise LstmdetError(f"no job {job_id} (unknown, or expired); `lstmdet jobs list` shows the known jobs")
         return record
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest jobs, newest first."""
-        return self.store.list(limit)
+    def list(
+        self, limit: int = 50, *, offset: int = 0, state: str | None = None, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A page of jobs, newest first, optionally only those in ``state`` or of ``kind``."""
+        return self.store.list(limit, offset=offset, state=state, kind=kind)
+
+    @property
+    def leases(self) -> Any:
+        """The lease book on the broker (:class:`~lstmdet.workers.leases.Leases`), opened on first use."""
+        if self._leases is None:
+            from lstmdet.workers.leases import open_leases
+
+            self._leases = open_leases(self.settings, retries=2)
+        return self._leases
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live workers: ``{hostname, pid, queues, started, heartbeat, draining, tasks}``, newest heartbeat first.
+
+        A worker is live while its heartbeat (every ``LSTMDET_HEARTBEAT_SECONDS``) renews its record;
+        a worker that died drops out of the list one lease (``LSTMDET_LEASE_SECONDS``) later.
+        """
+        try:
+            return self.leases.workers()
+        except Exception as exc:
+            raise explain(exc, self.settings.broker_url) from None
+
+    def holders(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's tasks that live workers hold now: ``{worker, heartbeat, task_id, name, state, tag}``.
+
+        ``heartbeat`` is when the worker last renewed the task's lease.
+        """
+        return [
+            {
+                "worker": w["hostname"],
+                "heartbeat": w["heartbeat"],
+                **{k: t[k] for k in ("task_id", "name", "state", "tag")},
+            }
+            for w in self.workers()
+            for t in w.get("tasks", ())
+            if t.get("job") == job_id
+        ]
 
     def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 0.25) -> dict[str, Any]:
         """Block until the job ends; returns its record.

@@ -39,6 +39,8 @@ from lstmdet.workers.settings import mask_url
 log = logging.getLogger("lstmdet.workers")
 
 FINAL = ("succeeded", "failed", "cancelled")
+#: Every state of a job, in the order a job moves through them.
+STATES = ("queued", "running", *FINAL)
 #: Seconds a merge lock outlives a merge whose process died (it is renewed while the merge runs).
 MERGE_LOCK_TTL = 30.0
 _PREFIX = "lstmdet:job:"

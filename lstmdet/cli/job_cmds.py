@@ -10,12 +10,15 @@ import argparse
 import datetime as dt
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from lstmdet.cli.arguments import non_negative_number, positive_int
+from lstmdet.cli.arguments import non_negative_int, non_negative_number, positive_int
 from lstmdet.cli.detect_cmds import add_detect_arguments, detect_options
 from lstmdet.cli.train_cmds import add_eval_arguments, add_train_arguments, parse_data
+from lstmdet.workers.specs import KINDS
+from lstmdet.workers.store import FINAL, STATES
 
 JOBS_EPILOG = """\
 exit status: 0 done (wait: the job succeeded), 1 the job failed or was cancelled (wait),
@@ -46,8 +49,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("jobs", help="list, follow or cancel queued jobs", epilog=JOBS_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub = actions.add_parser("list", help="the newest jobs")
+    sub = actions.add_parser("list", help="the newest jobs, a page at a time")
     sub.add_argument("--limit", type=positive_int, default=50, help="jobs shown (default 50)")
+    sub.add_argument("--offset", type=non_negative_int, default=0, help="matching jobs skipped first (next page)")
+    sub.add_argument("--state", choices=STATES, help="only jobs in this state")
+    sub.add_argument("--kind", choices=KINDS, help="only jobs of this kind")
     for name, text in (("status", "one job's record"), ("wait", "wait for a job to end"), ("cancel", "cancel a job")):
         sub_action = actions.add_parser(name, help=text)
         sub_action.add_argument("id", metavar="ID", help="job id (printed by submit)")
@@ -58,6 +64,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         sub_action.add_argument("--json", action="store_true", help="print JSON")
     sub.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_jobs)
+
+    p = subparsers.add_parser(
+        "workers", help="list live workers: queues, the tasks they hold, last heartbeat",
+        description="Live workers, from the heartbeats they write every LSTMDET_HEARTBEAT_SECONDS; a worker that "
+        "died drops out after LSTMDET_LEASE_SECONDS, and its tasks go back to the queue.",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_workers_list)
 
     p = subparsers.add_parser(
         "worker", help="start Celery worker processes that run queued jobs",
@@ -94,9 +108,13 @@ def _progress(record: dict[str, Any]) -> str:
     return "-"
 
 
-def _show(record: dict[str, Any], as_json: bool) -> None:
+def _ago(stamp: float) -> str:
+    return f"{max(0.0, time.time() - stamp):.0f} s ago"
+
+
+def _show(record: dict[str, Any], as_json: bool, holders: list[dict[str, Any]] | None = None) -> None:
     if as_json:
-        print(json.dumps(record, indent=2, default=str))
+        print(json.dumps(record if holders is None else {**record, "tasks": holders}, indent=2, default=str))
         return
     print(f"job {record['id']}: {record['kind']} on queue {record['queue']}: {record['state']}")
     print(f"  created {_when(record.get('created'))}, started {_when(record.get('started'))}, "
@@ -106,6 +124,9 @@ def _show(record: dict[str, Any], as_json: bool) -> None:
     if record.get("result"):
         result = {k: v for k, v in record["result"].items() if not isinstance(v, (dict, list))}
         print(f"  result: {json.dumps(result, default=str)}")
+    for held in holders or ():
+        print(f"  task {held['name']} {held['task_id']} ({held['state']}) on worker {held['worker']}, "
+              f"lease renewed {_ago(held['heartbeat'])}")  # fmt: skip
 
 
 def worker_command(queue: str) -> str:
@@ -156,12 +177,13 @@ def run_jobs(args: argparse.Namespace) -> int:
     """``jobs list | status ID | wait ID | cancel ID``."""
     client = _client()
     if args.action == "list":
-        records = client.list(args.limit)
+        records = client.list(args.limit, offset=args.offset, state=args.state, kind=args.kind)
         if args.json:
             print(json.dumps(records, indent=2, default=str))
             return 0
         if not records:
-            print("no jobs (queue one with `lstmdet submit`)")
+            filtered = args.offset or args.state or args.kind
+            print("no jobs match" if filtered else "no jobs (queue one with `lstmdet submit`)")
         for r in records:
             print(
                 f"{r['id']}  {r['kind']:6}  {r['queue']:3}  {r['state']:9}  {_when(r.get('created'))}  {_progress(r)}"
@@ -169,7 +191,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         record = client.status(args.id)
-        _show(record, args.json)
+        _show(record, args.json, client.holders(args.id) if record["state"] not in FINAL else [])
         _warn_if_unserved(client, record)
         return 0
     if args.action == "wait":
@@ -179,6 +201,24 @@ def run_jobs(args: argparse.Namespace) -> int:
         return _ended(record)
     record = client.cancel(args.id)
     _show(record, args.json)
+    return 0
+
+
+def run_workers_list(args: argparse.Namespace) -> int:
+    """``lstmdet workers``: the live workers and what they hold."""
+    workers = _client().workers()
+    if args.json:
+        print(json.dumps(workers, indent=2, default=str))
+        return 0
+    if not workers:
+        print("no live workers (start one with `lstmdet worker`)")
+    for w in workers:
+        state = "draining" if w.get("draining") else "up"
+        print(f"{w['hostname']}  queues {','.join(w.get('queues', []))}  {state} since {_when(w.get('started'))}  "
+              f"heartbeat {_ago(w['heartbeat'])}  tasks {len(w.get('tasks', []))}")  # fmt: skip
+        for t in w.get("tasks", ()):
+            job = f" job {t['job']}" if t.get("job") else ""
+            print(f"  {t['state']:8}  {t['name']}  {t['task_id']}{job}")
     return 0
 
 

@@ -67,3 +67,43 @@ def test_a_gpu_job_without_a_gpu_worker_names_the_gpu_command(roots, capsys):
     assert main(["submit", "detect", str(roots / "in"), "--out", str(roots / "out"), "--queue", "gpu"]) == 0
     err = capsys.readouterr().err
     assert "no worker is listening on queue 'gpu': start one with `lstmdet worker --gpus 0`" in err
+
+
+def test_jobs_list_pages_and_filters(roots, capsys):
+    jobs = []
+    for _ in range(3):
+        assert (
+            main(["submit", "detect", str(roots / "in"), "--out", str(roots / f"out{len(jobs)}"), "--queue", "cpu"])
+            == 0
+        )
+        jobs.append(capsys.readouterr().out.split()[0])
+    assert main(["jobs", "cancel", jobs[0]]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "list", "--limit", "1", "--offset", "1"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(jobs[1])
+    assert main(["jobs", "list", "--state", "cancelled", "--kind", "detect"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(jobs[0]) and "cancelled" in line
+    assert main(["jobs", "list", "--kind", "train"]) == 0
+    assert capsys.readouterr().out == "no jobs match\n"
+
+
+def test_workers_and_job_status_show_who_holds_a_task_and_the_last_heartbeat(roots, capsys):
+    from lstmdet.workers.leases import Holding, open_leases
+    from lstmdet.workers.settings import Settings
+
+    assert main(["workers"]) == 0
+    assert capsys.readouterr().out == "no live workers (start one with `lstmdet worker`)\n"
+    assert main(["submit", "detect", str(roots / "in"), "--out", str(roots / "out"), "--queue", "cpu"]) == 0
+    job = capsys.readouterr().out.split()[0]
+    leases = open_leases(Settings.from_env(), retries=0)  # what a worker's heartbeat writes
+    worker = {"hostname": "lstmdet-cpu.7@box", "pid": 7, "queues": ["cpu"], "started": 0.0, "draining": False}
+    leases.renew(worker, [Holding("tag-1", "task-1", "lstmdet.detect_shard", job, "active")])
+    assert main(["workers"]) == 0
+    out = capsys.readouterr().out
+    assert "lstmdet-cpu.7@box  queues cpu  up since" in out and "heartbeat 0 s ago  tasks 1" in out
+    assert f"active    lstmdet.detect_shard  task-1 job {job}" in out
+    assert main(["jobs", "status", job]) == 0
+    out = capsys.readouterr().out
+    assert "task lstmdet.detect_shard task-1 (active) on worker lstmdet-cpu.7@box, lease renewed 0 s ago" in out

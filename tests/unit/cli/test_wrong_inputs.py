@@ -129,6 +129,9 @@ CASES: list[tuple[list[str], dict[str, str]]] = [
     (["jobs", "list"], NOT_REDIS),
     (["jobs", "list"], {"LSTMDET_RESULT_URL": "amqp://guest@localhost//"}),
     (["jobs", "list", "--limit", "0"], {}),
+    (["jobs", "list", "--offset", "-1"], {}),
+    (["jobs", "list", "--state", "done"], {}),
+    (["jobs", "list", "--kind", "export"], {}),
     (["jobs", "status", "no-such-job"], {}),
     (["jobs", "status", "no-such-job"], NOT_REDIS),
     (["jobs", "wait", "no-such-job", "--timeout", "1"], {}),
@@ -147,6 +150,10 @@ CASES: list[tuple[list[str], dict[str, str]]] = [
     (["export", "{tiny}", "--opset", "x"], {}),
     (["export", "{tiny}", "--conf", "2"], {}),
     (["export", "{tiny}", "--max-det", "0"], {}),
+    # workers (the live workers' registry)
+    (["workers"], {}),  # nothing listening
+    (["workers"], NOT_REDIS),
+    (["workers", "--bogus"], {}),
     # worker (must fail before starting any process)
     (["worker"], NOT_REDIS),
     (["worker", "--concurrency", "0"], {}),
