@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install lint test bench demo clean
+.PHONY: install lint test test-faults bench demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ lint: install
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Whole workers killed, frozen and stopped at default lease settings (minutes; CI runs it after `make test`).
+test-faults: install
+	$(VENV)/bin/pytest -m faults $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/encoders.py --json benchmarks/encoders.json

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Sequence
 
 
 def _cpu_counters() -> tuple[int, int] | None:
@@ -26,3 +28,19 @@ def wait_until_idle(threshold: float = 0.9, window: float = 0.25, timeout: float
         if after is None or (after[0] - before[0]) / max(1, after[1] - before[1]) >= threshold:
             return True
     return False
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, interpolated linearly (as ``numpy.percentile``)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -49,17 +49,15 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import wait_until_idle
+from _common import free_port, percentile, wait_until_idle
 
 from lstmdet.workers.client import JobClient
 from lstmdet.workers.launcher import plan_workers
@@ -85,22 +83,6 @@ print(json.dumps({"images": summary["images"], "seconds": seconds, "loop_images_
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``values``, interpolated linearly (as ``numpy.percentile``)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_scenes(folder: Path, count: int) -> Path:

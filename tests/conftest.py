@@ -21,7 +21,13 @@ def mnist():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA: on a machine without it they are reported as skipped."""
+    """Tests marked ``faults`` run only when ``-m`` names them (``make test-faults``); tests marked
+    ``gpu`` need CUDA: on a machine without it they are reported as skipped."""
+    if "faults" not in (config.getoption("markexpr") or ""):
+        deselected = [item for item in items if "faults" in item.keywords]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if "faults" not in item.keywords]
     if torch.cuda.is_available():
         return
     no_cuda = pytest.mark.skip(reason="marked gpu and this machine has no CUDA device")

@@ -16,7 +16,14 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    task_received,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from lstmdet.workers.leases import LeaseKeeper, open_leases
 from lstmdet.workers.settings import Settings, celery_config
@@ -78,9 +85,18 @@ def _start_leases(sender: object = None, **_: object) -> None:
     global _keeper
     consumer = sender
     settings = consumer.app.conf.lstmdet_settings
+    if not settings.leases:
+        return
     queues = sorted(q.name for q in consumer.task_consumer.queues)
     _keeper = LeaseKeeper(open_leases(settings), consumer.hostname, queues)
     _keeper.start()
+
+
+@task_received.connect
+def _lease_now(**_: object) -> None:
+    """A message arrived in the main process: renew leases now rather than at the next heartbeat."""
+    if _keeper is not None:
+        _keeper.wake()
 
 
 @worker_shutting_down.connect

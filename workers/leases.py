@@ -59,6 +59,8 @@ FAILOVER_LOG = "lstmdet:failover-log"
 #: kombu's separator between a queue name and a priority step in the Redis list name.
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
+#: Shortest time between two heartbeats (an arriving message wakes the heartbeat early).
+MIN_BEAT_S = 0.2
 
 # Put one lost message back: only when its lease is still absent and its unacked entry unchanged.
 # KEYS: unacked, unacked_index, lease, queue list, failover counter, failover log.
@@ -278,6 +280,7 @@ class LeaseKeeper:
                      "draining": False}  # fmt: skip
         self._held: set[str] = set()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lstmdet-lease-keeper", daemon=True)
 
     def start(self) -> None:
@@ -293,12 +296,22 @@ class LeaseKeeper:
         self._held = tags
         self.leases.sweep()
 
+    def wake(self) -> None:
+        """A message arrived: beat now, so that it has a lease (and operators see it) at once."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.leases.heartbeat):
+        while not self._stop.is_set():
+            if self._wake.wait(self.leases.heartbeat):
+                self._stop.wait(0.05)  # let Celery file the arriving request first
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.beat()
             except Exception as exc:  # Redis away for a while: leases lapse, the next beat renews them
                 log.warning("lease heartbeat failed: %s", exc)
+            self._stop.wait(MIN_BEAT_S)  # many small tasks arriving: at most a few beats a second
 
     def drain(self) -> None:
         """The worker is shutting down (SIGTERM): tell its tasks to stop and go back to the queue."""
@@ -311,6 +324,7 @@ class LeaseKeeper:
     def stop(self) -> None:
         """Stop the heartbeat and remove the worker's record."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.leases.heartbeat + 5)
         try:

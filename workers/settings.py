@@ -13,6 +13,8 @@ Variables (see ``DESIGN.md``, Environment):
   its lease for this long goes back to the queue (default 30 s) / how often every worker renews
   the leases of the tasks it holds and sweeps for lost ones (default 5 s; at most a third of the
   lease). See :mod:`lstmdet.workers.leases`.
+* ``LSTMDET_LEASES``: ``0`` turns leases off (no heartbeat, no sweep, no fencing: a lost worker's
+  tasks then wait for the visibility timeout); only for measuring what leases cost.
 * ``LSTMDET_VISIBILITY_TIMEOUT``: kombu's own backstop: seconds before Redis hands an unacknowledged
   task to another worker whatever its lease says; must exceed the hard time limit, or a running
   task would be handed out twice. Leases, not this, bring back the tasks of a lost worker.
@@ -81,6 +83,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "on", "true", "yes"):
+        return True
+    if text in ("0", "off", "false", "no"):
+        return False
+    raise LstmdetError(f"{name}={env[name]!r}: use 1 or 0 (on or off)")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a client or worker reads from the environment (see the module docstring)."""
@@ -96,6 +109,7 @@ class Settings:
     result_expires: int = 7 * 24 * 3600
     lease_seconds: int = 30
     heartbeat_seconds: int = 5
+    leases: bool = True
 
     def __post_init__(self) -> None:
         for variable, url in (("LSTMDET_BROKER_URL", self.broker_url), ("LSTMDET_RESULT_URL", self.result_url)):
@@ -135,6 +149,7 @@ class Settings:
             result_expires=_int(env, "LSTMDET_RESULT_EXPIRES", cls.result_expires),
             lease_seconds=_int(env, "LSTMDET_LEASE_SECONDS", cls.lease_seconds),
             heartbeat_seconds=_int(env, "LSTMDET_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
+            leases=_switch(env, "LSTMDET_LEASES", cls.leases),
         )
 
 

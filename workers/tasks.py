@@ -88,13 +88,15 @@ class _Delivery:
         self.store = store = job_store(settings)
         self.task, self.job_id, self.spec, self.run, self.queue = task, job_id, spec, False, ""
         deliveries = store.count_delivery(f"{task.request.id}:{task.request.retries}")
-        count = deliveries - lease_book(settings).failovers(task.request.id, task.request.retries)
+        failovers = lease_book(settings).failovers(task.request.id, task.request.retries) if settings.leases else 0
+        count = deliveries - failovers
         self.guard = _Guard(task, store, job_id)
         record = store.get(job_id)
         if record is None:
             log.warning("task %s for unknown or expired job %s: dropped", task.name, job_id)
             return
         if record["state"] in FINAL:
+            log.info("%s of job %s: the job already %s; nothing to do", task.name, job_id, record["state"])
             return
         if count > settings.max_deliveries:
             store.finish(job_id, "failed", error=(
@@ -123,7 +125,8 @@ class _Guard:
     """
 
     def __init__(self, task: Task, store: JobStore, job_id: str, every: float = 0.5) -> None:
-        self.leases = lease_book(_settings(task))
+        settings = _settings(task)
+        self.leases = lease_book(settings) if settings.leases else None
         self.store, self.job_id, self.every = store, job_id, every
         self.tag = (getattr(task.request, "properties", None) or {}).get("delivery_tag")
         self.hostname = task.request.hostname
@@ -133,7 +136,7 @@ class _Guard:
 
     def fence(self) -> None:
         """Raise :class:`LeaseLost` unless this delivery still holds its message (before a write)."""
-        if not self.leases.holds(self.tag):
+        if self.leases is not None and not self.leases.holds(self.tag):
             raise LeaseLost(f"{self.name} of job {self.job_id}: the lease was lost (the task runs elsewhere)")
 
     def __call__(self) -> bool:
@@ -146,7 +149,7 @@ class _Guard:
         self.fence()
         if self.store.cancelled(self.job_id):
             self.reason = "cancel"
-        elif self.leases.draining(self.hostname):
+        elif self.leases is not None and self.leases.draining(self.hostname):
             self.reason = "drain"
         return self.reason is not None
 

@@ -1,11 +1,16 @@
-"""Fixtures of the integration tests: a third-party plugin installed the way pip installs one."""
+"""Fixtures of the integration tests: a third-party plugin installed the way pip installs one, generated scenes
+and the in-process detect run that queued runs of them must equal."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from helpers import install_plugin
+import torch
+from helpers import install_plugin, run_cli
+from queue_harness import DETECT
+
+import lstmdet
 
 PLUGIN_SOURCE = '''
 """A GRU sweep encoder and a tiny backbone, registered the way any third party would."""
@@ -55,3 +60,25 @@ def lstmdet_register_backbones(registry):
 def plugin_site(tmp_path: Path) -> Path:
     """A site folder holding the GRU plugin (an encoder and a backbone)."""
     return install_plugin(tmp_path / "site", "lstmdet_gru_plugin", PLUGIN_SOURCE, "gru")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """160 generated digit scenes (128 px), shared by the module's tests (read only)."""
+    root = tmp_path_factory.mktemp("queue-data")
+    done = run_cli("data", "digits-det", str(root / "scenes"), "--images", "160", "--seed", "4", "--split", "test")
+    assert done.returncode == 0, done.stderr
+    return root / "scenes" / "images"
+
+
+@pytest.fixture(scope="module")
+def reference(scenes, tmp_path_factory) -> Path:
+    """The in-process run that every queued detect of ``scenes`` must equal."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lstmdet.detect(scenes, out, progress=False, **DETECT)
+    finally:
+        torch.set_num_threads(threads)
+    return out

@@ -7,12 +7,31 @@ workers are the ``lstmdet worker`` console script, and faults are real signals.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
-from helpers import LSTMDET_BIN, wait_for
+from helpers import LSTMDET_BIN, RedisServer, assert_same_outputs, wait_for
+
+from lstmdet.workers.client import JobClient
+from lstmdet.workers.settings import Settings
+
+#: The final files of a detect job.
+FINAL = ("detections.jsonl", "images.json", "coco_results.json", "options.json")
+#: Detect options of the queued runs: no loader processes, small batches (deterministic).
+DETECT = {"workers": 0, "batch_size": 2}
+#: ``Queue(..., soft=1)`` and friends: the variable each limit sets.
+VARIABLES = {
+    "soft": "LSTMDET_SOFT_TIME_LIMIT",
+    "hard": "LSTMDET_TIME_LIMIT",
+    "visibility": "LSTMDET_VISIBILITY_TIMEOUT",
+    "lease": "LSTMDET_LEASE_SECONDS",
+    "heartbeat": "LSTMDET_HEARTBEAT_SECONDS",
+}
 
 
 def make_certificates(folder: Path) -> Path:
@@ -49,6 +68,22 @@ class Worker:
             env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
+    @property
+    def hostname(self) -> str:
+        """The Celery node name ``lstmdet worker`` gives its CPU worker (leases and ``lstmdet workers`` use it)."""
+        return f"lstmdet-cpu.{self.process.pid}@{socket.gethostname()}"
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to every process of the worker (SIGSTOP: a frozen host; SIGCONT: it wakes)."""
+        os.killpg(self.process.pid, signum)
+
+    def terminate(self, timeout: float = 120) -> float:
+        """SIGTERM to the supervisor (``docker stop``, a Kubernetes eviction); returns the seconds until it exited."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout)
+        return time.monotonic() - started
+
     def wait_ready(self, timeout: float = 90) -> Worker:
         """Wait for Celery's ``ready.`` line."""
         wait_for(lambda: b"ready." in self.log.read_bytes() or self.process.poll() is not None, timeout, "worker ready")
@@ -71,3 +106,52 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self._file.close()
+
+
+class Queue:
+    """A server, the environment pointing at it, a client and the workers started (stopped at the end).
+
+    Workers run at default settings; ``limits`` (``soft``, ``hard``, ``visibility``, ``lease``,
+    ``heartbeat``, seconds) override them for tests about those settings.
+    """
+
+    def __init__(
+        self, folder: Path, *, password: str | None = None, pythonpath: Path | None = None, data: Path | None = None,
+        tls: Path | None = None, **limits: int,
+    ) -> None:  # fmt: skip
+        self.folder = folder
+        self.server = RedisServer(folder / "redis", password=password, tls=tls).start()
+        self.env = {
+            **os.environ,
+            "LSTMDET_BROKER_URL": self.server.url(0),
+            "LSTMDET_RESULT_URL": self.server.url(1),
+            "LSTMDET_DATA_ROOTS": ":".join(str(p) for p in (folder, data) if p is not None),
+            **{VARIABLES[name]: str(value) for name, value in limits.items()},
+            # Floating-point sums depend on the thread count: run like the in-process reference.
+            "LSTMDET_TORCH_THREADS": "1",
+        }
+        if pythonpath is not None:
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
+        self.client = JobClient(Settings.from_env(self.env))
+        self.workers: list[Worker] = []
+
+    def worker(self, *args: str, ready: bool = True) -> Worker:
+        worker = Worker(self.env, self.folder / f"worker{len(self.workers)}.log", *args)
+        self.workers.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    def progress(self, job: str) -> int:
+        return (self.client.status(job).get("progress") or {}).get("shards_done", 0)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.server.stop()
+
+
+def assert_same_files(out: Path, reference: Path) -> None:
+    assert_same_outputs(out, reference)
+    files = [json.loads(line)["file"] for line in (out / "detections.jsonl").read_text().splitlines()]
+    summary = json.loads((reference / "summary.json").read_text())
+    assert len(files) == len(set(files)) == summary["images"]  # every image exactly once
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FINAL, "summary.json"])

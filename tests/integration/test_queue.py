@@ -1,7 +1,8 @@
 """Queued jobs through a real ``redis-server`` and real ``lstmdet worker`` processes, faults included.
 
-Every test talks to its own server on a free loopback port. Workers run with short time limits and
-a short visibility timeout, so a task lost with a killed worker comes back within seconds.
+Every test talks to its own server on a free loopback port. Workers run at default settings unless
+a test says otherwise; the faults that need leases to expire (a whole worker killed, stopped or
+terminated) are in ``test_failover.py``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import RedisServer, assert_same_outputs, install_plugin, run_cli, wait_for
-from queue_harness import Worker, make_certificates
+from helpers import install_plugin, run_cli, wait_for
+from queue_harness import DETECT, FINAL, Queue, assert_same_files, make_certificates
 
 import lstmdet
 from lstmdet.checkpoint import read_checkpoint
@@ -25,70 +26,6 @@ from lstmdet.workers.store import BrokerUnavailable
 
 pytestmark = pytest.mark.redis
 
-FINAL = ("detections.jsonl", "images.json", "coco_results.json", "options.json")
-DETECT = {"workers": 0, "batch_size": 2}  # no loader processes: small and deterministic
-
-
-class Queue:
-    """A server, the environment pointing at it, a client and the workers started (stopped at the end)."""
-
-    def __init__(
-        self, folder: Path, *, password: str | None = None, pythonpath: Path | None = None, data: Path | None = None,
-        tls: Path | None = None, **limits: int,
-    ) -> None:  # fmt: skip
-        self.folder = folder
-        self.server = RedisServer(folder / "redis", password=password, tls=tls).start()
-        self.env = {
-            **os.environ,
-            "LSTMDET_BROKER_URL": self.server.url(0),
-            "LSTMDET_RESULT_URL": self.server.url(1),
-            "LSTMDET_DATA_ROOTS": ":".join(str(p) for p in (folder, data) if p is not None),
-            "LSTMDET_SOFT_TIME_LIMIT": str(limits.get("soft", 20)),
-            "LSTMDET_TIME_LIMIT": str(limits.get("hard", 25)),
-            "LSTMDET_VISIBILITY_TIMEOUT": str(limits.get("visibility", 30)),
-            # Floating-point sums depend on the thread count: run like the in-process reference.
-            "LSTMDET_TORCH_THREADS": "1",
-        }
-        if pythonpath is not None:
-            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
-        self.client = JobClient(Settings.from_env(self.env))
-        self.workers: list[Worker] = []
-
-    def worker(self, *args: str, ready: bool = True) -> Worker:
-        worker = Worker(self.env, self.folder / f"worker{len(self.workers)}.log", *args)
-        self.workers.append(worker)
-        return worker.wait_ready() if ready else worker
-
-    def progress(self, job: str) -> int:
-        return (self.client.status(job).get("progress") or {}).get("shards_done", 0)
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.server.stop()
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
-    """160 generated digit scenes (128 px), shared by the module's tests (read only)."""
-    root = tmp_path_factory.mktemp("queue-data")
-    done = run_cli("data", "digits-det", str(root / "scenes"), "--images", "160", "--seed", "4", "--split", "test")
-    assert done.returncode == 0, done.stderr
-    return root / "scenes" / "images"
-
-
-@pytest.fixture(scope="module")
-def reference(scenes, tmp_path_factory) -> Path:
-    """The in-process run that every queued detect of ``scenes`` must equal."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        lstmdet.detect(scenes, out, progress=False, **DETECT)
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
 
 @pytest.fixture(scope="module")
 def queue(scenes, tmp_path_factory):
@@ -97,14 +34,6 @@ def queue(scenes, tmp_path_factory):
     q.worker("--concurrency", "2")
     yield q
     q.close()
-
-
-def assert_same_files(out: Path, reference: Path) -> None:
-    assert_same_outputs(out, reference)
-    files = [json.loads(line)["file"] for line in (out / "detections.jsonl").read_text().splitlines()]
-    summary = json.loads((reference / "summary.json").read_text())
-    assert len(files) == len(set(files)) == summary["images"]  # every image exactly once
-    assert sorted(p.name for p in out.iterdir()) == sorted([*FINAL, "summary.json"])
 
 
 def test_queued_detect_equals_in_process(queue, scenes, reference):
@@ -175,26 +104,8 @@ def test_a_hundred_small_jobs_all_complete_once(queue, scenes):
         assert redis.get(f"lstmdet:deliveries:{job}:0") == "1"  # each job's first task ran exactly once
 
 
-def test_worker_killed_mid_detect_then_a_new_worker_completes_the_job(scenes, reference, tmp_path):
-    q = Queue(scenes.parent.parent / "killed", data=scenes.parent, soft=4, hard=5, visibility=6)
-    try:
-        worker = q.worker()
-        out = q.folder / "out"
-        job = q.client.submit_detect(scenes, out, shard_size=8, **DETECT)
-        wait_for(lambda: q.progress(job) >= 3, 90, "three shards", every=0.02)
-        worker.kill()  # SIGKILL: supervisor, Celery main process and pool process at once
-        record = q.client.status(job)
-        assert record["state"] == "running" and record["progress"]["shards_done"] < 20, record
-        q.worker()
-        record = q.client.wait(job, timeout=120)
-        assert record["state"] == "succeeded", record
-        assert_same_files(out, reference)
-    finally:
-        q.close()
-
-
 def test_redis_restarted_mid_job_with_aof_the_job_completes(scenes, reference):
-    q = Queue(scenes.parent.parent / "restart", data=scenes.parent, soft=8, hard=10, visibility=12)
+    q = Queue(scenes.parent.parent / "restart", data=scenes.parent)
     try:
         q.worker()
         out = q.folder / "out"

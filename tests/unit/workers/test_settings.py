@@ -151,6 +151,13 @@ def test_leases_default_to_30_s_renewed_every_5_s_and_are_settable():
     assert (s.lease_seconds, s.heartbeat_seconds) == (60, 10)
 
 
+def test_leases_can_be_turned_off_for_measurements_only():
+    assert Settings.from_env({}).leases is True
+    assert Settings.from_env({"LSTMDET_LEASES": "0"}).leases is False
+    with pytest.raises(LstmdetError, match="LSTMDET_LEASES='maybe': use 1 or 0"):
+        Settings.from_env({"LSTMDET_LEASES": "maybe"})
+
+
 def test_a_heartbeat_longer_than_a_third_of_the_lease_is_refused():
     with pytest.raises(LstmdetError, match=r"LSTMDET_HEARTBEAT_SECONDS.*third.*LSTMDET_LEASE_SECONDS"):
         Settings.from_env({"LSTMDET_LEASE_SECONDS": "10", "LSTMDET_HEARTBEAT_SECONDS": "4"})

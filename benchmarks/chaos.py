@@ -1,0 +1,404 @@
+"""Chaos: a fleet of workers killed and restarted under a stream of mixed jobs, at default settings (issue 13).
+
+Usage::
+
+    python benchmarks/chaos.py [--jobs 300] [--workers 3] [--kill-every 20 40] [--seed 1] [--json FILE] [--logs DIR]
+
+The script starts its own ``redis-server`` (append-only file, ``appendfsync always``, on a free
+loopback port, in a temporary folder) and ``--workers`` ``lstmdet worker --queues cpu`` process
+groups (one pool process with one torch thread each), at default lease settings. It queues
+``--jobs`` jobs at once, a fixed mix of
+
+* ``detect``: 24 digit scenes in shards of 8 (plan, 3 shards, merge), with the shipped model;
+* ``eval``: a small MNIST classifier checkpoint on 128 digits;
+* ``train``: that classifier, 1 epoch of 128 digits;
+* ``ping``: Celery's round trip only,
+
+and runs them three times:
+
+1. **no faults, leases off** (``LSTMDET_LEASES=0``): the baseline for the leases' cost;
+2. **no faults, leases on**: throughput; overhead = 1 - (2) / (1) (target <= 2 %);
+3. **chaos**: every ``--kill-every`` seconds (uniform in the range) a random worker's whole
+   process group is SIGKILLed and a new worker started at once; Redis is SIGKILLed and restarted
+   once, a third of the way in. Throughput (target >= 0.7x of run 2) and, per kill, recovery:
+   for each task the victim held (running or reserved, from the worker registry at the kill),
+   the seconds from the kill to the task running on another worker again (target: p50 <= 35 s,
+   p95 <= 60 s).
+
+Every job of every run must succeed exactly once with outputs equal to in-process runs: detect
+files byte for byte, eval metrics, the final weights of each train job, one ``metrics.jsonl``
+line per epoch. Run it alone on the machine: other work changes throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import free_port, percentile
+
+LSTMDET = str(Path(sys.executable).with_name("lstmdet"))
+COMPARED = ("detections.jsonl", "images.json", "coco_results.json")
+MIX = {"detect": 0.4, "eval": 0.2, "train": 0.2, "ping": 0.2}
+
+
+def train_config(images: int = 128) -> dict[str, Any]:
+    """The small MNIST classifier every train job trains (1 epoch, deterministic on one thread)."""
+    return {
+        "task": "classify",
+        "model": {
+            "input": {"size": 28, "mean": [0.13] * 3, "std": [0.31] * 3},
+            "backbone": {"name": "small_cnn", "widths": [8, 16]},
+            "encoder": {"name": "lstm", "hidden": 16},
+            "head": {"name": "classifier", "num_classes": 10},
+        },
+        "data": {"train": {"name": "mnist_idx", "split": "train", "images": images}},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "workers": 0, "progress": False, "seed": 5},
+    }
+
+
+EVAL_DATA = {"name": "mnist_idx", "split": "val", "images": 128}
+
+
+class Fleet:
+    """A private redis-server with an append-only file and the worker process groups started against it."""
+
+    def __init__(self, work: Path, env: dict[str, str]) -> None:
+        from lstmdet.workers.client import JobClient
+        from lstmdet.workers.settings import Settings
+
+        self.work, self.port = work, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.env = {**os.environ, "LSTMDET_BROKER_URL": self.url, "LSTMDET_RESULT_URL": self.url,
+                    "LSTMDET_DATA_ROOTS": str(work), "LSTMDET_TORCH_THREADS": "1", **env}  # fmt: skip
+        self.client = JobClient(Settings.from_env(self.env))
+        self.redis: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.count = 0
+
+    def start_redis(self) -> None:
+        folder = self.work / "redis"
+        folder.mkdir(exist_ok=True)
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                   "yes", "--appendfsync", "always", "--dir", str(folder)]  # fmt: skip
+        self.redis = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.client.store.ping()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.1)
+
+    def kill_redis(self) -> None:
+        self.redis.kill()
+        self.redis.wait()
+
+    def start_worker(self) -> subprocess.Popen:
+        self.count += 1
+        log = (self.work / "logs" / f"worker{self.count}.log").open("wb")
+        process = subprocess.Popen([LSTMDET, "worker", "--queues", "cpu", "--concurrency", "1"], env=self.env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.workers.append(process)
+        return process
+
+    def hostname(self, process: subprocess.Popen) -> str:
+        import socket
+
+        return f"lstmdet-cpu.{process.pid}@{socket.gethostname()}"
+
+    def live(self) -> list[subprocess.Popen]:
+        return [p for p in self.workers if p.poll() is None]
+
+    def wait_registered(self, count: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.client.workers()) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} workers did not register within {timeout} s")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for process in self.workers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.kill()
+            self.redis.wait()
+
+
+def prepare(work: Path) -> dict[str, Any]:
+    """Inputs and the in-process references every queued output must equal."""
+    import torch
+
+    import lstmdet
+    from lstmdet.checkpoint import read_checkpoint
+    from lstmdet.engine.evaluate import evaluate_checkpoint
+
+    subprocess.run([LSTMDET, "data", "digits-det", str(work / "scenes"), "--images", "24", "--seed", "3", "--split",
+                    "test"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    torch.set_num_threads(1)  # as the workers
+    reference = work / "reference"
+    lstmdet.detect(work / "scenes" / "images", reference / "detect", progress=False, workers=0, batch_size=2)
+    lstmdet.train(train_config(), reference / "train")
+    metrics = evaluate_checkpoint(reference / "train" / "last.pt", data=EVAL_DATA, batch_size=16, device="cpu")
+    return {
+        "scenes": work / "scenes" / "images",
+        "detect": {name: (reference / "detect" / name).read_bytes() for name in COMPARED},
+        "weights": reference / "train" / "last.pt",
+        "state": read_checkpoint(reference / "train" / "last.pt")["state_dict"],
+        "eval": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+
+
+def submit_all(fleet: Fleet, ref: dict[str, Any], jobs: int, out: Path, rng: random.Random) -> list[tuple[str, Any]]:
+    """Queue ``jobs`` jobs of the mix (order shuffled); returns ``(kind, job id or ping result)``."""
+    kinds = [k for k, share in MIX.items() for _ in range(round(jobs * share))]
+    rng.shuffle(kinds)
+    submitted = []
+    for i, kind in enumerate(kinds):
+        target = out / f"{kind}{i}"
+        if kind == "detect":
+            job = fleet.client.submit_detect(ref["scenes"], target, shard_size=8, workers=0, batch_size=2)
+        elif kind == "eval":
+            job = fleet.client.submit_eval(ref["weights"], data=EVAL_DATA, out=target / "metrics.json", batch_size=16,
+                                           device="cpu")  # fmt: skip
+        elif kind == "train":
+            job = fleet.client.submit_train(train_config(), target)
+        else:
+            job = fleet.client.app.send_task("lstmdet.ping", args=[time.time()], queue="cpu")
+        submitted.append((kind, job, target))
+    return submitted
+
+
+def check(fleet: Fleet, ref: dict[str, Any], submitted: list[tuple[str, Any, Path]]) -> dict[str, Any]:
+    """Every job succeeded once with outputs equal to the in-process references; returns the failures."""
+    import torch
+
+    from lstmdet.checkpoint import read_checkpoint
+
+    failures: list[str] = []
+    for kind, job, target in submitted:
+        if kind == "ping":
+            if not job.ready() or job.state != "SUCCESS":
+                failures.append(f"ping {job.id}: {job.state}")
+            continue
+        record = fleet.client.status(job)
+        if record["state"] != "succeeded":
+            failures.append(f"{kind} {job}: {record['state']} {record.get('error')}")
+            continue
+        if kind == "detect":
+            same = all((target / n).read_bytes() == ref["detect"][n] for n in COMPARED)
+            if not same:
+                failures.append(f"detect {job}: files differ from in-process")
+        elif kind == "eval":
+            metrics = json.loads((target / "metrics.json").read_text())
+            if any(abs(metrics[k] - v) > 1e-9 for k, v in ref["eval"].items()):
+                failures.append(f"eval {job}: metrics differ")
+        else:
+            state = read_checkpoint(target / "last.pt")["state_dict"]
+            lines = (target / "metrics.jsonl").read_text().splitlines()
+            if not all(torch.equal(state[k], ref["state"][k]) for k in ref["state"]) or len(lines) != 1:
+                failures.append(f"train {job}: weights differ or {len(lines)} metrics lines")
+    return {"jobs": len(submitted), "failures": failures}
+
+
+def wait_done(fleet: Fleet, submitted: list[tuple[str, Any, Path]], timeout: float) -> float:
+    """Wait until every job ended; returns when (time.time()) the last one did."""
+    deadline = time.monotonic() + timeout
+    pending = list(submitted)
+    last = time.time()
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} jobs unfinished after {timeout} s")
+        still = []
+        for item in pending:
+            kind, job, _ = item
+            try:
+                done = job.ready() if kind == "ping" else fleet.client.status(job)["state"] in (
+                    "succeeded", "failed", "cancelled")  # fmt: skip
+            except Exception:  # Redis restarting
+                done = False
+            if not done:
+                still.append(item)
+        if len(still) < len(pending):
+            last = time.time()
+        pending = still
+        time.sleep(0.5)
+    return last
+
+
+class Chaos(threading.Thread):
+    """Kills a random worker every ``every`` seconds (and restarts one), restarts Redis once, measures recovery."""
+
+    def __init__(self, fleet: Fleet, every: tuple[float, float], rng: random.Random, redis_at: float) -> None:
+        super().__init__(daemon=True)
+        self.fleet, self.every, self.rng, self.redis_at = fleet, every, rng, redis_at
+        self.stop = threading.Event()
+        self.kills: list[dict[str, Any]] = []
+        self.lost: dict[str, dict[str, Any]] = {}  # task id -> {killed, back, name}
+        self.redis_restarted: float | None = None
+
+    def run(self) -> None:
+        started = time.time()
+        next_kill = started + self.rng.uniform(*self.every)
+        while not self.stop.is_set():
+            now = time.time()
+            with contextlib.suppress(Exception):
+                self._watch(now)
+            if self.redis_restarted is None and now - started >= self.redis_at:
+                self.fleet.kill_redis()
+                time.sleep(1.0)
+                self.fleet.start_redis()
+                self.redis_restarted = time.time()
+            if now >= next_kill:
+                self._kill(now)
+                next_kill = now + self.rng.uniform(*self.every)
+            self.stop.wait(0.25)
+
+    def _kill(self, now: float) -> None:
+        live = self.fleet.live()
+        if not live:
+            return
+        victim = self.rng.choice(live)
+        name = self.fleet.hostname(victim)
+        held = []
+        with contextlib.suppress(Exception):
+            held = next((w.get("tasks", []) for w in self.fleet.client.workers() if w["hostname"] == name), [])
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        killed = time.time()
+        for task in held:
+            entry = {"task_id": task["task_id"], "name": task["name"], "killed": killed, "back": None, "victim": name}
+            self.lost[task["task_id"] + ":" + task["tag"]] = entry
+        self.kills.append({"at": killed, "victim": name, "held": len(held)})
+        self.fleet.start_worker()
+
+    def _watch(self, now: float) -> None:
+        waiting = {v["task_id"]: key for key, v in self.lost.items() if v["back"] is None}
+        if not waiting:
+            return
+        for worker in self.fleet.client.workers():
+            for task in worker.get("tasks", ()):
+                key = waiting.get(task["task_id"])
+                if key and task["state"] == "active" and worker["hostname"] != self.lost[key]["victim"]:
+                    self.lost[key]["back"] = now
+
+
+def run(args: argparse.Namespace, ref: dict[str, Any], work: Path, label: str, env: dict[str, str],
+        chaos: bool) -> dict[str, Any]:  # fmt: skip
+    """One run of the mix; returns throughput, correctness and (with chaos) recovery."""
+    folder = work / label
+    (folder / "logs").mkdir(parents=True)
+    fleet = Fleet(folder, env)
+    rng = random.Random(args.seed)
+    try:
+        fleet.start_redis()
+        for _ in range(args.workers):
+            fleet.start_worker()
+        fleet.wait_registered(args.workers)
+        started = time.time()
+        submitted = submit_all(fleet, ref, args.jobs, folder / "out", rng)
+        monkey = None
+        if chaos:
+            monkey = Chaos(fleet, tuple(args.kill_every), rng, redis_at=args.redis_at)
+            monkey.start()
+        last = wait_done(fleet, submitted, args.timeout)
+        if monkey is not None:
+            monkey.stop.set()
+            monkey.join()
+        seconds = last - started
+        result: dict[str, Any] = {"label": label, "seconds": round(seconds, 1),
+                                  "jobs_per_min": round(len(submitted) / seconds * 60, 2),
+                                  **check(fleet, ref, submitted)}  # fmt: skip
+        with contextlib.suppress(Exception):
+            result["failovers"] = len(fleet.client.leases.failover_log())
+        if monkey is not None:
+            back = [v["back"] - v["killed"] for v in monkey.lost.values() if v["back"] is not None]
+            result["kills"] = len(monkey.kills)
+            result["lost_tasks"] = len(monkey.lost)
+            result["seen_again"] = len(back)
+            result["recovery_s"] = {"p50": round(percentile(back, 50), 1), "p95": round(percentile(back, 95), 1),
+                                    "max": round(max(back), 1)} if back else None  # fmt: skip
+            result["redis_restarted_at_s"] = (
+                round(monkey.redis_restarted - started, 1) if monkey.redis_restarted else None
+            )
+        return result
+    finally:
+        fleet.close()
+        if args.logs:
+            shutil.copytree(folder / "logs", Path(args.logs) / label, dirs_exist_ok=True)
+
+
+def report(results: dict[str, Any]) -> None:
+    runs = results["runs"]
+    print(f"\n{results['machine']}; {results['jobs']} jobs ({results['mix']}), {results['workers']} workers\n")
+    print("| run | seconds | jobs/min | failures | kills | lost tasks | back | recovery p50 / p95 / max s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        rec = r.get("recovery_s")
+        shown = f"{rec['p50']} / {rec['p95']} / {rec['max']}" if rec else "-"
+        print(f"| {r['label']} | {r['seconds']} | {r['jobs_per_min']} | {len(r['failures'])} | {r.get('kills', '-')} | "
+              f"{r.get('lost_tasks', '-')} | {r.get('seen_again', '-')} | {shown} |")  # fmt: skip
+    print(f"\nlease overhead (no faults): {results['lease_overhead']:.1%} (target <= 2 %); throughput under chaos: "
+          f"{results['chaos_ratio']:.2f}x of no faults (target >= 0.7x)")  # fmt: skip
+    for r in runs:
+        for failure in r["failures"][:10]:
+            print(f"  {r['label']}: {failure}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--kill-every", type=float, nargs=2, default=[20.0, 40.0], metavar=("MIN", "MAX"))
+    parser.add_argument("--redis-at", type=float, default=None, help="seconds into the chaos run (default: a third "
+                        "of the no-fault run's time)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--skip-baseline", action="store_true", help="no leases-off run (no overhead figure)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--logs", help="copy the worker logs here")
+    args = parser.parse_args(argv)
+    if shutil.which("redis-server") is None:
+        parser.error("redis-server is not on PATH")
+    with tempfile.TemporaryDirectory(prefix="lstmdet-chaos-") as tmp:
+        work = Path(tmp)
+        ref = prepare(work)
+        runs = []
+        if not args.skip_baseline:
+            runs.append(run(args, ref, work, "no faults, leases off", {"LSTMDET_LEASES": "0"}, chaos=False))
+        runs.append(run(args, ref, work, "no faults", {}, chaos=False))
+        if args.redis_at is None:
+            args.redis_at = runs[-1]["seconds"] / 3
+        runs.append(run(args, ref, work, "chaos", {}, chaos=True))
+    base, plain, chaos = (runs[0] if not args.skip_baseline else None), runs[-2], runs[-1]
+    results = {
+        "machine": f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})",
+        "jobs": args.jobs, "mix": MIX, "workers": args.workers, "kill_every": args.kill_every, "runs": runs,
+        "lease_overhead": (1 - plain["jobs_per_min"] / base["jobs_per_min"]) if base else float("nan"),
+        "chaos_ratio": chaos["jobs_per_min"] / plain["jobs_per_min"],
+    }  # fmt: skip
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0 if all(not r["failures"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
