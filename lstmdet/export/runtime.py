@@ -33,31 +33,43 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def providers_for(device: str) -> list[Any]:
-    """ONNX Runtime execution providers for a ``--device`` value.
+def choose_providers(device: str, available: list[str]) -> list[Any]:
+    """ONNX Runtime execution providers for a ``--device`` value, given the providers ONNX Runtime has.
 
-    ``cpu``: the CPU provider. ``auto``: CUDA first when this ONNX Runtime has it. ``cuda[:N]``: CUDA
-    (device N), with the CPU provider for ops CUDA lacks.
+    A pure function (no ONNX Runtime call): ``cpu``: the CPU provider. ``auto``: CUDA (device 0) first when
+    ``available`` has it, else the CPU provider. ``cuda`` / ``cuda:N``: CUDA on device ``N`` (0 by default),
+    with the CPU provider for ops CUDA lacks.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        available: ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        The ``providers`` argument of ``onnxruntime.InferenceSession``.
 
     Raises:
         LstmdetError: An unknown device, or CUDA asked for where ONNX Runtime has no CUDA provider.
     """
-    available = _onnxruntime().get_available_providers()
     cuda = "CUDAExecutionProvider" in available
     device = str(device)
     if device == "cpu" or (device == "auto" and not cuda):
         return ["CPUExecutionProvider"]
     if device == "auto" or device.split(":")[0] == "cuda":
+        index = device.split(":")[1] if ":" in device else "0"
+        if not index.isdigit() or device.count(":") > 1:
+            raise LstmdetError(f"unknown device {device!r} (--device); use auto, cpu, cuda or cuda:N")
         if not cuda:
             raise LstmdetError(
                 f"device {device!r} was asked for but this ONNX Runtime has no CUDA provider (it has "
                 f"{', '.join(available)}); install onnxruntime-gpu, or use --device cpu"
             )
-        index = device.split(":")[1] if ":" in device else "0"
-        if not index.isdigit():
-            raise LstmdetError(f"unknown device {device!r} (--device); use auto, cpu, cuda or cuda:N")
         return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
     raise LstmdetError(f"unknown device {device!r} (--device); use auto, cpu, cuda or cuda:N")
+
+
+def providers_for(device: str) -> list[Any]:
+    """:func:`choose_providers` with the providers this ONNX Runtime has."""
+    return choose_providers(device, list(_onnxruntime().get_available_providers()))
 
 
 def make_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
