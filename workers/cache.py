@@ -1,6 +1,7 @@
 """Models kept loaded in a worker process between tasks.
 
-A checkpoint is loaded once per process and reused by every later task that names it; the key is
+A checkpoint (or an exported ``.onnx`` file, run by ONNX Runtime) is loaded once per process and reused
+by every later task that names it; the key is
 the resolved path, its modification time and size, and the device, so a checkpoint rewritten in
 place (a newer ``best.pt``) is loaded again. The least recently used model is dropped beyond
 ``size`` entries.

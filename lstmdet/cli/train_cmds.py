@@ -48,7 +48,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``eval`` (shared with ``submit eval``)."""
     p.add_argument(
         "--weights", required=True, metavar="CKPT",
-        help="checkpoint file (last.pt / best.pt), or 'default': the model shipped with lstmdet",
+        help="checkpoint file (last.pt / best.pt), an exported .onnx file, or 'default' (the shipped model)",
     )  # fmt: skip
     p.add_argument("--data", help="dataset as YAML, e.g. '{name: digits_det, images: 300, split: test}'")
     p.add_argument("--out", help="write the metrics as JSON to this file")

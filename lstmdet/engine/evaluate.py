@@ -99,10 +99,11 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """``lstmdet eval``: load a checkpoint and score it on a dataset.
+    """``lstmdet eval``: load a checkpoint (or an exported ``.onnx`` model) and score it on a dataset.
 
     Args:
-        weights: Checkpoint path.
+        weights: Checkpoint path, ``default``, or a ``.onnx`` file ``lstmdet export`` wrote (run by ONNX
+            Runtime; its metadata holds the config, so its ``data.test`` / ``data.val`` are the defaults).
         data: A dataset spec ``{name: ..., **options}``; default: the checkpoint config's
             ``data.test``, else ``data.val``.
         batch_size: Images (clips) per batch.
@@ -116,7 +117,12 @@ def evaluate_checkpoint(
     """
     from lstmdet.checkpoint import load_model
 
-    model = load_model(weights, map_location=resolve_device(device))
+    if Path(weights).suffix.lower() == ".onnx":
+        from lstmdet.export.runtime import OnnxModel
+
+        model = OnnxModel(weights, device=str(device))
+    else:
+        model = load_model(weights, map_location=resolve_device(device))
     config = model.config
     given = data is not None
     if data is None:

@@ -29,11 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lstmdet.errors import ExportError
 from lstmdet.export import contract
+from lstmdet.export.checks import check_onnx, onnx_runner, other_size, size_mismatch
 from lstmdet.export.graph import DetectionPostprocess, ExportModule, ExportNet, OnnxDetectionPostprocess
 
 #: Opsets the TorchScript-based exporter can write and ONNX Runtime runs (NonMaxSuppression, ScatterElements).
@@ -236,41 +238,48 @@ def quiet_torch_jit() -> Iterator[None]:
         yield
 
 
-def _example_inputs(net: ExportNet, batch: int, image_size: tuple[int, int]) -> tuple[list[Tensor], list[dict]]:
-    """Example ``images`` and zero state for tracing, and the state's metadata entries."""
+#: Name of the optional ONNX input giving each image's height and width inside the batch (detectors).
+IMAGE_SIZES = contract.IMAGE_SIZES
+
+
+def _example_inputs(
+    net: ExportNet, batch: int, image_size: tuple[int, int], sizes_input: bool
+) -> tuple[list[Tensor], list[dict]]:
+    """Example ``images`` (``image_sizes``) and zero state for tracing, and the state's metadata entries."""
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, *image_size, generator=generator)
     inputs, state = [images], []
+    if sizes_input:
+        inputs.append(torch.tensor([list(image_size)] * batch, dtype=torch.int64))
     if net.state_layout:
         shapes = _level_shapes(net, images)
+        strides = {info.name: int(info.stride) for info in net.model.backbone.feature_info}
         for level, _count in net.state_layout:
             encoder = net.model.encoders[level]
             _, height, width = shapes[level]
             for layer in range(int(encoder.num_layers)):
                 for name_in, name_out in contract.state_names(level, layer):
                     inputs.append(torch.zeros(batch, int(encoder.hidden), height, width))
-                    state.append({"input": name_in, "output": name_out, "shape": [None, encoder.hidden, height, width]})
+                    state.append({"input": name_in, "output": name_out, "shape": [None, encoder.hidden, height, width],
+                                  "stride": strides[level]})  # fmt: skip
     return inputs, state
 
 
 def _level_shapes(net: ExportNet, images: Tensor) -> dict[str, tuple[int, int, int]]:
     """``{level: (C, h, w)}`` of the backbone (and neck) for ``images``."""
     with torch.no_grad():
-        x = torch.nn.functional.pad(images, (0, net.padding[1], 0, net.padding[0]))
-        feats = net.model.backbone(x.to(next(net.model.parameters()).dtype))
+        feats = net.model.backbone(net.pad(images).to(next(net.model.parameters()).dtype))
         if net.model.neck is not None:
             feats = net.model.neck(dict(feats))
     return {level: tuple(f.shape[1:]) for level, f in feats.items()}
 
 
-def _postprocess(net: ExportNet, images: Tensor, image_size: tuple[int, int], onnx: bool) -> nn.Module | None:
+def _postprocess(net: ExportNet, onnx: bool) -> nn.Module | None:
     """The detection post-processing for the model's head (``None`` for classifiers).
 
     Raises:
         ExportError: A head lstmdet does not know how to post-process in a graph.
     """
-    from torchvision.models.detection.image_list import ImageList
-
     from lstmdet.plugins.heads_detection import FCOSDetectionHead, RetinaNetDetectionHead
 
     model = net.model
@@ -287,37 +296,57 @@ def _postprocess(net: ExportNet, images: Tensor, image_size: tuple[int, int], on
             f"head {name!r} cannot be exported: lstmdet puts the box decoding and NMS of the built-in fcos and "
             "retinanet heads into the graph and knows no other detection head's post-processing"
         )
-    shapes = _level_shapes(net, images[:1])
-    channels = model.head.in_channels
-    levels = [torch.zeros(1, channels, *shapes[level][1:]) for level in model.head_levels]
-    padded = (image_size[0] + net.padding[0], image_size[1] + net.padding[1])
-    anchors = model.head._anchors(levels, ImageList(torch.zeros(1, 3, *padded), [image_size]))[0]
-    sizes = [int(level.shape[-2] * level.shape[-1]) * int(model.head.num_anchors) for level in levels]
-    post_class = OnnxDetectionPostprocess if onnx else DetectionPostprocess
-    return post_class(model.head, anchors, sizes, image_size)
+    return (OnnxDetectionPostprocess if onnx else DetectionPostprocess)(model.head)
 
 
-def prepare(
-    model: nn.Module, *, half: bool, batch: int | None, onnx: bool
-) -> tuple[ExportModule, list[Tensor], list[str], list[str], list[dict], dict | None]:
-    """The module to trace, its example inputs, input and output names, state entries and post settings."""
-    model = copy.deepcopy(model).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    if half:
-        model = model.half()
-    image_size = contract.input_size(model.config)
-    net = ExportNet(model, image_size, half=half).eval()
-    inputs, state = _example_inputs(net, batch or 2, image_size)
-    post = _postprocess(net, inputs[0], image_size, onnx)
-    settings = post.settings() if isinstance(post, DetectionPostprocess) else None
-    if post is not None and not onnx:
-        with quiet_torch_jit():
-            post = torch.jit.script(post)
-    outputs = list(contract.DETECT_OUTPUTS if net.detect else contract.CLASSIFY_OUTPUTS)
-    input_names = [contract.IMAGES, *(s["input"] for s in state)]
-    output_names = outputs + [s["output"] for s in state]
-    return ExportModule(net, post).eval(), inputs, input_names, output_names, state, settings
+class Prepared:
+    """What is traced: the module, its example inputs, input and output names, state entries, post settings.
+
+    Args:
+        model: The model to export.
+        half: Float16 weights and compute.
+        batch: Fixed batch size, or ``None`` for a dynamic one.
+        onnx: For an ONNX file (NMS as ``NonMaxSuppression``, the optional ``image_sizes`` input).
+    """
+
+    def __init__(self, model: nn.Module, *, half: bool, batch: int | None, onnx: bool) -> None:
+        model = copy.deepcopy(model).eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if half:
+            model = model.half()
+        net = ExportNet(model, half=half).eval()
+        self.detect = net.detect
+        self.image_size = contract.input_size(model.config)
+        sizes_input = onnx and net.detect
+        self.inputs, self.state = _example_inputs(net, batch or 2, self.image_size, sizes_input)
+        post = _postprocess(net, onnx)
+        self.settings = post.settings() if isinstance(post, DetectionPostprocess) else None
+        if post is not None and not onnx:
+            with quiet_torch_jit():
+                post = torch.jit.script(post)
+        outputs = list(contract.DETECT_OUTPUTS if net.detect else contract.CLASSIFY_OUTPUTS)
+        self.module = ExportModule(net, post, sizes_input=sizes_input).eval()
+        sizes = [IMAGE_SIZES] if sizes_input else []
+        self.input_names = [contract.IMAGES, *sizes, *(s["input"] for s in self.state)]
+        self.output_names = outputs + [s["output"] for s in self.state]
+
+    def dynamic_axes(self, batch: int | None, size: bool) -> dict[str, dict[int, str]] | None:
+        """ONNX ``dynamic_axes``: ``N`` unless the batch is fixed; ``H, W`` (and state ``h, w``) when ``size``."""
+        names = self.input_names + self.output_names
+        axes: dict[str, dict[int, str]] = {name: {} for name in names}
+        if batch is None:
+            for name in names:
+                axes[name][0] = "N"
+        if IMAGE_SIZES in axes:
+            axes[IMAGE_SIZES] = {0: "N_sizes"}  # (N, 2) or (1, 2): one size for the whole batch
+        if size:
+            axes[contract.IMAGES].update({2: "H", 3: "W"})
+            for entry in self.state:
+                for name in (entry["input"], entry["output"]):
+                    axes[name].update({2: f"h_{entry['stride']}", 3: f"w_{entry['stride']}"})
+        axes = {name: dims for name, dims in axes.items() if dims}
+        return axes or None
 
 
 def export_onnx(
@@ -343,27 +372,30 @@ def export_onnx(
             f"torch {torch.__version__} has no TorchScript-based ONNX exporter (torch.onnx.export(dynamo=False)), "
             "which lstmdet needs for LSTMs and in-graph NMS; export with torch <= 2.14 or use --format torchscript"
         )
-    module, inputs, input_names, output_names, state, settings = prepare(model, half=half, batch=batch, onnx=True)
-    dynamic = None if batch is not None else {name: {0: "N"} for name in input_names + output_names}
-    parts = Parts(module.net.model)
-    buffer = io.BytesIO()
-    with _tracing_warnings() as caught:
-        try:
-            with torch.no_grad(), _silent_stdout():
-                torch.onnx.export(
-                    module, tuple(inputs), buffer, **_legacy(), opset_version=opset, input_names=input_names,
-                    output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True,
-                )  # fmt: skip
-        except ExportError:
-            raise
-        except Exception as exc:  # (named below)
-            raise parts.blame_exception(exc, _part_exporter(module, inputs, opset)) from exc
-    check_frozen(module.net, inputs, parts.suspects(caught), batch)
-    proto = onnx.load_from_string(buffer.getvalue())
+    prepared = Prepared(model, half=half, batch=batch, onnx=True)
+    parts = Parts(prepared.module.net.model)
+    fixed_reason = None if prepared.detect else "a classifier resizes every image to model.input.size"
+    data = _trace_onnx(prepared, parts, opset, batch, size=fixed_reason is None)
+    if fixed_reason is None:
+        fixed_reason = size_mismatch(onnx_runner(data, prepared.input_names), prepared, batch)
+        if fixed_reason is not None:
+            data = _trace_onnx(prepared, parts, opset, batch, size=False)
+    proto = onnx.load_from_string(data)
+    if prepared.settings is not None:  # K = detections_per_img is fixed (shape inference may not see it)
+        for output in proto.graph.output:
+            if output.name in contract.DETECT_OUTPUTS[:3]:
+                output.type.tensor_type.shape.dim[1].dim_value = int(prepared.settings["detections_per_img"])
+    if batch is not None:
+        for output in proto.graph.output:
+            output.type.tensor_type.shape.dim[0].dim_value = batch
+    if prepared.module.sizes_input:  # image_sizes gets a default value: optional, boxes clipped to the batch's H, W
+        default = onnx.numpy_helper.from_array(np.full((1, 2), 2**31 - 1, dtype=np.int64), IMAGE_SIZES)
+        proto.graph.initializer.append(default)
     how = f"torch {torch.__version__} torch.onnx TorchScript-based exporter (dynamo=False), opset {opset}"
     meta = contract.metadata(
-        config=model.config, classes=list(model.classes), outputs=output_names, state=state, postprocess=settings,
-        batch=batch, half=half, exporter=how,
+        config=model.config, classes=list(model.classes), outputs=prepared.output_names, state=prepared.state,
+        postprocess=prepared.settings, batch=batch, half=half, exporter=how, fixed_size=fixed_reason,
+        stride=prepared.module.net.stride, sizes_input=prepared.module.sizes_input,
     )  # fmt: skip
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -373,8 +405,37 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
     if check:
-        _check_onnx(out, inputs, batch)
+        check_onnx(out, prepared, batch, None if fixed_reason else other_size(prepared.image_size))
     return out
+
+
+def _trace_onnx(prepared: Prepared, parts: Parts, opset: int, batch: int | None, size: bool) -> bytes:
+    """The ONNX graph of ``prepared`` as bytes (``H, W`` dynamic when ``size``), after the frozen-value check.
+
+    Raises:
+        ExportError: A part cannot be exported, or freezes a value of the example input (named).
+    """
+    module, inputs = prepared.module, prepared.inputs
+    buffer = io.BytesIO()
+    with _tracing_warnings() as caught:
+        try:
+            with torch.no_grad(), _silent_stdout():
+                torch.onnx.export(
+                    module, tuple(inputs), buffer, **_legacy(), opset_version=opset,
+                    input_names=prepared.input_names, output_names=prepared.output_names,
+                    dynamic_axes=prepared.dynamic_axes(batch, size), do_constant_folding=True,
+                )  # fmt: skip
+        except ExportError:
+            raise
+        except Exception as exc:  # (named below)
+            raise parts.blame_exception(exc, _part_exporter(module, inputs, opset)) from exc
+    check_frozen(module.net, _net_inputs(prepared), parts.suspects(caught), batch)
+    return buffer.getvalue()
+
+
+def _net_inputs(prepared: Prepared) -> list[Tensor]:
+    """The example inputs of the network part (``images`` and the state: not ``image_sizes``)."""
+    return [x for name, x in zip(prepared.input_names, prepared.inputs, strict=True) if name != IMAGE_SIZES]
 
 
 def _part_exporter(module: ExportModule, inputs: list[Tensor], opset: int) -> Any:
@@ -429,27 +490,6 @@ class _Flat(nn.Module):
         return tuple(flat)
 
 
-def _check_onnx(path: Path, inputs: list[Tensor], batch: int | None) -> None:
-    """Run the file in ONNX Runtime at batch sizes other than the example's (dynamic) or the fixed one."""
-    from lstmdet.export.runtime import make_session
-
-    session = make_session(path)
-    for n in (1, 3) if batch is None else (batch,):
-        feed = {i.name: _resize_batch(x, n).numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
-        try:
-            session.run(None, feed)
-        except Exception as exc:  # (ONNX Runtime raises its own types)
-            raise ExportError(
-                f"the exported graph {path} fails in ONNX Runtime at batch size {n} ({str(exc).splitlines()[0][:300]});"
-                " a part uses the batch size as a Python number: export with --batch N for a fixed batch"
-            ) from None
-
-
-def _resize_batch(x: Tensor, n: int) -> Tensor:
-    reps = (n + x.shape[0] - 1) // x.shape[0]
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
-
-
 def export_torchscript(model: nn.Module, out: Path, *, batch: int | None, half: bool) -> Path:
     """Write ``model`` as a TorchScript file with the ONNX file's contract (outputs as a tuple).
 
@@ -458,7 +498,8 @@ def export_torchscript(model: nn.Module, out: Path, *, batch: int | None, half: 
     Raises:
         ExportError: A part cannot be traced (named).
     """
-    module, inputs, _input_names, output_names, state, settings = prepare(model, half=half, batch=batch, onnx=False)
+    prepared = Prepared(model, half=half, batch=batch, onnx=False)
+    module, inputs = prepared.module, prepared.inputs
     parts = Parts(module.net.model)
     with _tracing_warnings() as caught:
         try:
@@ -469,9 +510,13 @@ def export_torchscript(model: nn.Module, out: Path, *, batch: int | None, half: 
         except Exception as exc:  # (named below)
             raise parts.blame_exception(exc, _part_tracer()) from exc
     check_frozen(module.net, inputs, parts.suspects(caught), batch)
+    fixed_reason = None if prepared.detect else "a classifier resizes every image to model.input.size"
+    if fixed_reason is None:
+        fixed_reason = size_mismatch(lambda xs: [t.numpy() for t in traced(*xs)], prepared, batch)
     meta = contract.metadata(
-        config=model.config, classes=list(model.classes), outputs=output_names, state=state, postprocess=settings,
-        batch=batch, half=half, exporter=f"torch {torch.__version__} torch.jit.trace + torch.jit.script (NMS)",
+        config=model.config, classes=list(model.classes), outputs=prepared.output_names, state=prepared.state,
+        postprocess=prepared.settings, batch=batch, half=half, fixed_size=fixed_reason, stride=module.net.stride,
+        exporter=f"torch {torch.__version__} torch.jit.trace + torch.jit.script (NMS)",
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     with quiet_torch_jit():

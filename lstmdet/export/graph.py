@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import _topk_min
 
 from lstmdet.errors import ExportError
 
@@ -94,20 +95,18 @@ class _OnnxNMS(torch.autograd.Function):
 
 
 class DetectionPostprocess(nn.Module):
-    """torchvision's FCOS / RetinaNet ``postprocess_detections`` for a whole batch, static shapes.
+    """torchvision's FCOS / RetinaNet ``postprocess_detections`` for a whole batch of any image size.
 
     Per level: scores (FCOS ``sqrt(sigmoid(cls) * sigmoid(ctrness))``, RetinaNet ``sigmoid(cls)``),
     the ``topk_candidates`` best of those above ``score_thresh``, boxes decoded from their anchors
-    and clipped to the image; then class-aware NMS and the ``detections_per_img`` best, padded.
+    and clipped to each image's size; then class-aware NMS and the ``detections_per_img`` best, padded.
+    Only the number of levels is fixed: every size follows the inputs' shapes.
 
     Args:
         head: The built-in ``fcos`` or ``retinanet`` head (thresholds and box coding are read from it).
-        anchors: ``(A, 4)`` xyxy anchors of every level, concatenated (as the head makes them).
-        level_sizes: Anchors per level, in order (sum ``A``).
-        image_size: ``(H, W)`` boxes are clipped to.
     """
 
-    def __init__(self, head: nn.Module, anchors: Tensor, level_sizes: list[int], image_size: tuple[int, int]) -> None:
+    def __init__(self, head: nn.Module) -> None:
         super().__init__()
         self.fcos = bool(head._name == "fcos")
         self.num_classes = int(head.num_classes)
@@ -115,15 +114,12 @@ class DetectionPostprocess(nn.Module):
         self.nms_thresh = float(head.nms_thresh)
         self.detections_per_img = int(head.detections_per_img)
         self.topk_candidates = int(head.topk_candidates)
-        self.level_sizes = [int(a) for a in level_sizes]
-        self.height, self.width = int(image_size[0]), int(image_size[1])
         if self.fcos:
             self.box_weights = [1.0, 1.0, 1.0, 1.0]
             self.xform_clip = math.inf
         else:
             self.box_weights = [float(w) for w in head.box_coder.weights]
             self.xform_clip = float(head.box_coder.bbox_xform_clip)
-        self.register_buffer("anchors", anchors.float().clone())
 
     def settings(self) -> dict[str, Any]:
         """The post-processing baked into the graph (the ``postprocess`` metadata)."""
@@ -167,55 +163,61 @@ class DetectionPostprocess(nn.Module):
         return greedy_class_nms(boxes, scores, labels, self.nms_thresh).to(scores.dtype)
 
     def forward(
-        self, cls_logits: Tensor, bbox_regression: Tensor, bbox_ctrness: Tensor
+        self,
+        cls_logits: list[Tensor],
+        bbox_regression: list[Tensor],
+        bbox_ctrness: list[Tensor],
+        anchors: list[Tensor],
+        limits: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Detections of a batch.
 
         Args:
-            cls_logits: ``(N, A, C)``.
-            bbox_regression: ``(N, A, 4)``.
-            bbox_ctrness: ``(N, A, 1)`` (FCOS; ignored for RetinaNet).
+            cls_logits: Per level ``(N, A_l, C)``.
+            bbox_regression: Per level ``(N, A_l, 4)``.
+            bbox_ctrness: Per level ``(N, A_l, 1)`` (FCOS; ignored for RetinaNet).
+            anchors: Per level ``(A_l, 4)`` xyxy anchors, as the head makes them.
+            limits: ``(N, 2)`` or ``(1, 2)`` float: the height and width each image's boxes are clipped to.
 
         Returns:
             ``boxes`` ``(N, K, 4)`` xyxy, ``scores`` ``(N, K)``, ``labels`` ``(N, K)`` int64 (-1 in
             padding rows), ``num_detections`` ``(N,)`` int64; ``K = detections_per_img``, best first.
         """
         c = self.num_classes
-        probs = torch.sigmoid(cls_logits)
-        if self.fcos:
-            probs = torch.sqrt(probs * torch.sigmoid(bbox_ctrness))
+        max_y = limits[:, 0:1]  # (N, 1): broadcasts over the candidates
+        max_x = limits[:, 1:2]
         all_boxes, all_scores, all_labels = [], [], []
-        start = 0
-        for count in self.level_sizes:
-            level = probs[:, start : start + count].reshape(-1, count * c)
-            top, index = level.topk(min(self.topk_candidates, count * c), dim=1)
+        for i in range(len(cls_logits)):
+            probs = torch.sigmoid(cls_logits[i])
+            if self.fcos:
+                probs = torch.sqrt(probs * torch.sigmoid(bbox_ctrness[i]))
+            level = probs.flatten(1)  # (N, A_l * C)
+            top, index = level.topk(_topk_min(level, self.topk_candidates, 1), dim=1)
             anchor = torch.div(index, c, rounding_mode="floor")
-            codes = torch.gather(bbox_regression[:, start : start + count], 1, anchor[:, :, None].expand(-1, -1, 4))
-            boxes = self.decode(codes, self.anchors[start : start + count][anchor])
-            x = boxes[..., 0::2].clamp(min=0.0, max=float(self.width))
-            y = boxes[..., 1::2].clamp(min=0.0, max=float(self.height))
+            codes = torch.gather(bbox_regression[i], 1, anchor[:, :, None].expand(-1, -1, 4))
+            boxes = self.decode(codes, anchors[i][anchor])
+            x = torch.min(boxes[..., 0::2].clamp(min=0.0), max_x[:, :, None])
+            y = torch.min(boxes[..., 1::2].clamp(min=0.0), max_y[:, :, None])
             all_boxes.append(torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1))
             all_scores.append(top)
             all_labels.append(index % c)
-            start += count
+        # K placeholder candidates (score -1: never kept) so that the final top-k always has K to choose from
+        k = self.detections_per_img
+        all_boxes.append(torch.zeros_like(all_boxes[0][:, :1]).expand(-1, k, -1))
+        all_scores.append(torch.full_like(all_scores[0][:, :1], -1.0).expand(-1, k))
+        all_labels.append(torch.zeros_like(all_labels[0][:, :1]).expand(-1, k))
         boxes = torch.cat(all_boxes, dim=1)
         scores = torch.cat(all_scores, dim=1)
         labels = torch.cat(all_labels, dim=1)
         candidates = torch.where(scores > self.score_thresh, scores, torch.full_like(scores, -1.0))
         kept = self.keep(boxes, candidates, labels)
         final = torch.where(kept > 0.5, scores, torch.full_like(scores, -1.0))
-        k = min(self.detections_per_img, int(final.shape[1]))
         top, index = final.topk(k, dim=1)
         valid = torch.gather(kept, 1, index)
         out_boxes = torch.gather(boxes, 1, index[:, :, None].expand(-1, -1, 4)) * valid[:, :, None]
         out_scores = top.clamp(min=0.0) * valid
         out_labels = torch.where(valid > 0.5, torch.gather(labels, 1, index), torch.full_like(index, -1))
         num = valid.sum(dim=1).to(torch.int64)
-        pad = self.detections_per_img - k
-        if pad > 0:
-            out_boxes = F.pad(out_boxes, (0, 0, 0, pad))
-            out_scores = F.pad(out_scores, (0, pad))
-            out_labels = F.pad(out_labels, (0, pad), value=-1.0)
         return out_boxes, out_scores, out_labels, num
 
 
@@ -235,18 +237,21 @@ class OnnxDetectionPostprocess(DetectionPostprocess):
 
 
 class ExportNet(nn.Module):
-    """Images at the input size (and encoder state) to the head's raw outputs (and new state).
+    """Images (and encoder state) to the head's raw outputs per level, its anchors (and new state).
+
+    Detectors take images of any size: the graph pads them with zeros (after normalisation) to a
+    multiple of the backbone's stride, as PyTorch's batching does, and makes each level's anchors
+    from its feature map's size. Classifiers take images at ``model.input.size``.
 
     Args:
         model: The :class:`~lstmdet.model.LstmdetModel` (eval mode).
-        image_size: ``(H, W)`` of the ``images`` input.
         half: Run the network in float16 (inputs, state and outputs stay float32).
 
     Raises:
         ExportError: A stateful encoder without ``export_step``, or a head lstmdet cannot export.
     """
 
-    def __init__(self, model: nn.Module, image_size: tuple[int, int], half: bool = False) -> None:
+    def __init__(self, model: nn.Module, half: bool = False) -> None:
         super().__init__()
         self.model = model
         self.half_precision = half
@@ -254,14 +259,7 @@ class ExportNet(nn.Module):
         self.register_buffer("mean", torch.tensor(spec["mean"]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec["std"]).view(1, 3, 1, 1))
         self.detect = model.task == "detect"
-        if self.detect:
-            stride = int(getattr(model.transform, "size_divisible", 1))
-            self.padding = (
-                math.ceil(image_size[0] / stride) * stride - image_size[0],
-                math.ceil(image_size[1] / stride) * stride - image_size[1],
-            )
-        else:
-            self.padding = (0, 0)
+        self.stride = int(getattr(model.transform, "size_divisible", 1)) if self.detect else 1
         self.state_layout: list[tuple[str, int]] = []  # (level, number of state tensors), in input order
         for level, encoder in model.encoders.items():
             if getattr(encoder, "stateful", False):
@@ -273,6 +271,19 @@ class ExportNet(nn.Module):
                     )
                 self.state_layout.append((level, 2 * int(encoder.num_layers)))
 
+    @property
+    def num_levels(self) -> int:
+        """Feature levels the head reads."""
+        return len(self.model.head_levels)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``x`` ``(N, C, H, W)`` zero-padded at the bottom and right to a multiple of the stride (detectors)."""
+        if self.stride == 1:
+            return x
+        height, width = x.shape[-2], x.shape[-1]
+        return F.pad(x, (0, (self.stride - width % self.stride) % self.stride,
+                         0, (self.stride - height % self.stride) % self.stride))  # fmt: skip
+
     def forward(self, images: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         """Raw head outputs, then the new state tensors.
 
@@ -281,13 +292,12 @@ class ExportNet(nn.Module):
             *state: The state tensors in :attr:`state_layout` order, ``(N, C, h, w)`` each.
 
         Returns:
-            Detectors: ``cls_logits (N, A, C)``, ``bbox_regression (N, A, 4)``, ``bbox_ctrness (N, A, 1)``
-            (zeros for RetinaNet); classifiers: ``logits (N, num_classes)``; then the new state.
+            Detectors: per level ``cls_logits (N, A_l, C)``, then per level ``bbox_regression (N, A_l, 4)``,
+            ``bbox_ctrness (N, A_l, 1)`` (zeros for RetinaNet) and ``anchors (A_l, 4)``; classifiers:
+            ``logits (N, num_classes)``; then the new state.
         """
         model = self.model
-        x = (images - self.mean) / self.std
-        if self.padding != (0, 0):
-            x = F.pad(x, (0, self.padding[1], 0, self.padding[0]))
+        x = self.pad((images - self.mean) / self.std)
         if self.half_precision:
             x = x.half()
         feats = model.backbone(x)
@@ -307,32 +317,58 @@ class ExportNet(nn.Module):
             else:
                 y, _ = encoder(f.unsqueeze(1), None)
                 feats[level] = y.flatten(0, 1)
-        levels = {level: feats[level] for level in model.head_levels}
+        levels = [feats[level] for level in model.head_levels]
         if not self.detect:
-            return (model.head.logits(levels).float(), *new_state)
-        out = model.head.head(list(levels.values()))
-        cls_logits = out["cls_logits"].float()
-        ctrness = out["bbox_ctrness"].float() if "bbox_ctrness" in out else torch.zeros_like(cls_logits[..., :1])
-        return (cls_logits, out["bbox_regression"].float(), ctrness, *new_state)
+            return (model.head.logits(dict(zip(model.head_levels, levels, strict=True))).float(), *new_state)
+        raw: list[list[Tensor]] = [[], [], [], []]
+        for level in levels:  # the head's convolutions run per level: each level's outputs on their own
+            out = model.head.head([level])
+            cls_logits = out["cls_logits"].float()
+            raw[0].append(cls_logits)
+            raw[1].append(out["bbox_regression"].float())
+            raw[2].append(
+                out["bbox_ctrness"].float() if "bbox_ctrness" in out else torch.zeros_like(cls_logits[..., :1])
+            )
+        raw[3] = self.anchors([level.float() for level in levels])
+        return (*(t for group in raw for t in group), *new_state)
+
+    def anchors(self, levels: list[Tensor]) -> list[Tensor]:
+        """Per level ``(A_l, 4)`` xyxy anchors for feature maps ``levels`` (the head's anchor generator)."""
+        head = self.model.head
+        strides = tuple(info.stride for info in head.feature_info)
+        generator = head._make_anchor_generator(strides)
+        generator.set_cell_anchors(torch.float32, levels[0].device)
+        grid_sizes = [list(level.shape[-2:]) for level in levels]
+        step = [[torch.tensor(s, dtype=torch.int64, device=levels[0].device)] * 2 for s in strides]
+        return list(generator.grid_anchors(grid_sizes, step))
 
 
 class ExportModule(nn.Module):
     """:class:`ExportNet` followed by the post-processing: the module an exported file holds.
 
-    ``forward(images, *state) -> (*outputs, *new_state)`` with the outputs of
+    ``forward(images, [image_sizes,] *state) -> (*outputs, *new_state)`` with the outputs of
     :data:`~lstmdet.export.contract.DETECT_OUTPUTS` or :data:`~lstmdet.export.contract.CLASSIFY_OUTPUTS`.
+    ``image_sizes`` (detectors with ``sizes_input``): ``(N, 2)`` or ``(1, 2)`` int64, the height and width of
+    each image inside the batch, which its boxes are clipped to (at most the batch's ``H, W``).
     """
 
-    def __init__(self, net: ExportNet, post: nn.Module | None) -> None:
+    def __init__(self, net: ExportNet, post: nn.Module | None, sizes_input: bool = False) -> None:
         super().__init__()
         self.net = net
         self.post = post
+        self.sizes_input = bool(sizes_input and post is not None)
         self.num_state = sum(count for _, count in net.state_layout)
 
-    def forward(self, images: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, images: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         """See the class docstring."""
+        state = rest[1:] if self.sizes_input else rest
         out = self.net(images, *state)
         raw, new_state = out[: len(out) - self.num_state], out[len(out) - self.num_state :]
         if self.post is None:
             return (*raw, *new_state)
-        return (*self.post(*raw), *new_state)
+        limits = torch._shape_as_tensor(images)[2:].to(torch.float32)[None]  # (1, 2): H, W
+        if self.sizes_input:
+            limits = torch.min(rest[0].to(torch.float32), limits)
+        n = self.net.num_levels
+        groups = [list(raw[i * n : (i + 1) * n]) for i in range(4)]
+        return (*self.post(groups[0], groups[1], groups[2], groups[3], limits), *new_state)

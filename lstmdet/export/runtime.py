@@ -3,8 +3,9 @@
 :class:`OnnxModel` offers what the detect engine uses of an :class:`~lstmdet.model.LstmdetModel`
 (``task``, ``classes``, ``config``, ``stateful``, ``head`` thresholds, ``predict``, ``predict_step``),
 so ``lstmdet detect SRC --weights model.onnx`` runs through the same loader, writers and exit codes.
-Images are resized as :func:`lstmdet.export.contract.fit_size` says, padded to the file's fixed
-input size with the normalisation mean, and the boxes mapped back to original pixels as PyTorch does.
+Images are resized and padded into batches exactly as the PyTorch model batches them (each batch
+padded to its largest image rounded up to the stride, with the normalisation mean, which is zero
+after normalisation), and the boxes mapped back to original pixels as PyTorch does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from lstmdet.errors import ExportError, LstmdetError
 from lstmdet.export import contract
+from lstmdet.transforms import resized_size
 
 
 def _onnxruntime() -> Any:
@@ -31,31 +33,43 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def providers_for(device: str) -> list[Any]:
-    """ONNX Runtime execution providers for a ``--device`` value.
+def choose_providers(device: str, available: list[str]) -> list[Any]:
+    """ONNX Runtime execution providers for a ``--device`` value, given the providers ONNX Runtime has.
 
-    ``cpu``: the CPU provider. ``auto``: CUDA first when this ONNX Runtime has it. ``cuda[:N]``: CUDA
-    (device N), with the CPU provider for ops CUDA lacks.
+    A pure function (no ONNX Runtime call): ``cpu``: the CPU provider. ``auto``: CUDA (device 0) first when
+    ``available`` has it, else the CPU provider. ``cuda`` / ``cuda:N``: CUDA on device ``N`` (0 by default),
+    with the CPU provider for ops CUDA lacks.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        available: ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        The ``providers`` argument of ``onnxruntime.InferenceSession``.
 
     Raises:
         LstmdetError: An unknown device, or CUDA asked for where ONNX Runtime has no CUDA provider.
     """
-    available = _onnxruntime().get_available_providers()
     cuda = "CUDAExecutionProvider" in available
     device = str(device)
     if device == "cpu" or (device == "auto" and not cuda):
         return ["CPUExecutionProvider"]
     if device == "auto" or device.split(":")[0] == "cuda":
+        index = device.split(":")[1] if ":" in device else "0"
+        if not index.isdigit() or device.count(":") > 1:
+            raise LstmdetError(f"unknown device {device!r} (--device); use auto, cpu, cuda or cuda:N")
         if not cuda:
             raise LstmdetError(
                 f"device {device!r} was asked for but this ONNX Runtime has no CUDA provider (it has "
                 f"{', '.join(available)}); install onnxruntime-gpu, or use --device cpu"
             )
-        index = device.split(":")[1] if ":" in device else "0"
-        if not index.isdigit():
-            raise LstmdetError(f"unknown device {device!r} (--device); use auto, cpu, cuda or cuda:N")
         return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
     raise LstmdetError(f"unknown device {device!r} (--device); use auto, cpu, cuda or cuda:N")
+
+
+def providers_for(device: str) -> list[Any]:
+    """:func:`choose_providers` with the providers this ONNX Runtime has."""
+    return choose_providers(device, list(_onnxruntime().get_available_providers()))
 
 
 def make_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
@@ -144,7 +158,13 @@ class BakedHead:
 
 
 class OnnxModel:
-    """An exported detector (``.onnx``) run by ONNX Runtime, with the interface ``detect`` uses.
+    """An exported model (``.onnx``) run by ONNX Runtime, with the interface ``detect`` and ``eval`` use.
+
+    Images are fed as :class:`~lstmdet.model.LstmdetModel` feeds them, so that the outputs agree:
+    detectors with dynamic ``H, W`` get each batch resized (:func:`~lstmdet.transforms.resize_for_detection`)
+    and padded to the batch's largest size rounded up to the stride, with each image's size as
+    ``image_sizes``; a fixed-size detector gets images fitted into its input size
+    (:func:`~lstmdet.export.contract.fit_size`); a classifier gets images resized to its input size.
 
     Args:
         path: The file ``lstmdet export`` wrote.
@@ -154,6 +174,8 @@ class OnnxModel:
     Raises:
         ExportError: Not an lstmdet export, or ONNX Runtime cannot load it.
     """
+
+    training = False
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
         self.path = Path(path)
@@ -171,6 +193,9 @@ class OnnxModel:
         self.stateful = bool(self.state_entries)
         self.batch: int | None = meta["batch"]
         self.input_size = contract.input_size(self.config)
+        self.dynamic_size = bool(meta["input"].get("dynamic_size", False))
+        self.stride = int(meta["input"].get("size_divisible", 1))
+        self.sizes_input = contract.IMAGE_SIZES in meta["input"].get("optional_inputs", {})
         self.pad_value = np.asarray(meta["input"]["pad_value"], dtype=np.float32).reshape(3, 1, 1)
         self.head = BakedHead(meta["postprocess"], str(self.path)) if self.task == "detect" else None
         self.device = torch.device("cpu")  # inputs and outputs go through NumPy on the CPU
@@ -184,35 +209,66 @@ class OnnxModel:
         """No-op (an exported graph is always in inference mode)."""
         return self
 
+    def train(self, mode: bool = True) -> OnnxModel:
+        """No-op for ``mode=False``; an exported graph cannot be trained.
+
+        Raises:
+            LstmdetError: ``mode`` is true.
+        """
+        if mode:
+            raise LstmdetError(f"{self.path} is an exported graph: it cannot be trained; train the checkpoint")
+        return self
+
     def to(self, device: Any) -> OnnxModel:
         """No-op: the device is chosen when the session is made."""
         return self
 
+    def zero_state(self, n: int, height: int, width: int) -> list[np.ndarray]:
+        """Zero state tensors for ``n`` streams of ``height x width`` input batches (state entries' order)."""
+        state = []
+        for entry in self.state_entries:
+            _, channels, h, w = entry["shape"]
+            if self.dynamic_size:
+                stride = int(entry["stride"])
+                h, w = -(-height // stride), -(-width // stride)
+            state.append(np.zeros((n, channels, h, w), dtype=np.float32))
+        return state
+
     def run(
-        self, images: np.ndarray, state: list[np.ndarray] | None = None
+        self,
+        images: np.ndarray,
+        state: list[np.ndarray] | None = None,
+        image_sizes: np.ndarray | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Run the graph on a ready batch.
 
         Args:
             images: ``(N, 3, H, W)`` float32 in ``[0, 1]`` at the input size.
             state: The state tensors in :attr:`state_entries` order (stateful models), or ``None`` for zeros.
+            image_sizes: ``(N, 2)`` int64 height and width of each image inside the batch (detectors
+                with dynamic ``H, W``), or ``None``: the whole batch.
 
         Returns:
             (the outputs of :data:`~lstmdet.export.contract.DETECT_OUTPUTS` or ``CLASSIFY_OUTPUTS``, new state).
         """
         n = images.shape[0]
         if self.stateful and state is None:
-            state = [np.zeros((n, *entry["shape"][1:]), dtype=np.float32) for entry in self.state_entries]
+            state = self.zero_state(n, images.shape[2], images.shape[3])
         chunk = self.batch or n
         outputs: list[list[np.ndarray]] = []
         for start in range(0, n, chunk):
             part = images[start : start + chunk]
             parts_state = [s[start : start + chunk] for s in state or []]
+            sizes = None if image_sizes is None or not self.sizes_input else image_sizes[start : start + chunk]
             real = part.shape[0]
             if real < chunk:  # a fixed-batch file: fill the last chunk with copies
                 part = np.concatenate([part, np.repeat(part[-1:], chunk - real, axis=0)])
                 parts_state = [np.concatenate([s, np.repeat(s[-1:], chunk - real, axis=0)]) for s in parts_state]
+                if sizes is not None:
+                    sizes = np.concatenate([sizes, np.repeat(sizes[-1:], chunk - real, axis=0)])
             feed = {contract.IMAGES: np.ascontiguousarray(part, dtype=np.float32)}
+            if sizes is not None:
+                feed[contract.IMAGE_SIZES] = np.ascontiguousarray(sizes, dtype=np.int64)
             feed.update(
                 {e["input"]: s.astype(np.float32) for e, s in zip(self.state_entries, parts_state, strict=True)}
             )
@@ -221,28 +277,53 @@ class OnnxModel:
         count = len(merged) - len(self.state_entries)
         return merged[:count], merged[count:]
 
-    def _batch(self, images: list[Tensor]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Resize (:func:`~lstmdet.export.contract.fit_size`) and pad images into one input batch."""
-        height, width = self.input_size
-        batch = np.empty((len(images), 3, height, width), dtype=np.float32)
-        batch[:] = self.pad_value
-        sizes = []
-        for i, image in enumerate(images):
-            image = image.detach().float().cpu()
+    def _sizes(self, images: list[Tensor]) -> list[tuple[int, int]]:
+        """The size each image is resized to before it goes into the graph."""
+        out = []
+        for image in images:
             if image.dim() != 3 or image.shape[0] != 3:
                 raise LstmdetError(f"images must be (3, H, W) RGB tensors, got shape {tuple(image.shape)}")
             h, w = (int(v) for v in image.shape[-2:])
-            size = contract.fit_size(h, w, self.config)
-            if size != (h, w):
-                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+            if self.task == "classify":
+                out.append(self.input_size)
+            elif self.dynamic_size:
+                spec = self.config["model"]["input"]
+                out.append(resized_size(h, w, spec["size"], spec["max_size"]))
+            else:
+                out.append(contract.fit_size(h, w, self.config))
+        return out
+
+    def _batch(self, images: list[Tensor]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Resize and pad images into one input batch, as the PyTorch model batches them.
+
+        Returns:
+            (``(N, 3, H, W)`` float32 batch, the resized ``(h, w)`` of each image inside it).
+        """
+        sizes = self._sizes(images)
+        if self.dynamic_size:
+            height = -(-max(h for h, _ in sizes) // self.stride) * self.stride
+            width = -(-max(w for _, w in sizes) // self.stride) * self.stride
+        else:
+            height, width = self.input_size
+        batch = np.empty((len(images), 3, height, width), dtype=np.float32)
+        batch[:] = self.pad_value
+        for i, (image, size) in enumerate(zip(images, sizes, strict=True)):
+            image = image.detach().float().cpu()
+            if tuple(image.shape[-2:]) != size:
+                if self.task == "classify":  # as ClassifyTransform
+                    image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
+                else:  # as DetectTransform (torchvision's GeneralizedRCNNTransform)
+                    image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             batch[i, :, : size[0], : size[1]] = image.numpy()
-            sizes.append(size)
         return batch, sizes
 
     def _detections(
         self, outputs: list[np.ndarray], sizes: list[tuple[int, int]], originals: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """Per-image dicts like ``LstmdetModel.predict``'s: boxes in original pixels, the run's thresholds."""
+        if self.task == "classify":  # as ClassifierHead: softmax probabilities and their arg-max
+            probs = torch.from_numpy(outputs[0]).softmax(dim=1)
+            return [{"scores": p, "labels": p.argmax()} for p in probs]
         boxes, scores, labels, num = outputs
         head = self.head
         results = []
@@ -261,20 +342,43 @@ class OnnxModel:
             results.append({"boxes": b, "scores": s, "labels": lab})
         return results
 
-    def predict(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """Detections for still images, as :meth:`LstmdetModel.predict` gives them.
+    def _forward(self, frames: list[Tensor], state: list[np.ndarray] | None) -> tuple[list[dict], Any]:
+        batch, sizes = self._batch(frames)
+        image_sizes = np.asarray(sizes, dtype=np.int64) if self.sizes_input else None
+        outputs, state = self.run(batch, state, image_sizes)
+        originals = [(int(f.shape[-2]), int(f.shape[-1])) for f in frames]
+        return self._detections(outputs, sizes, originals), state
+
+    def predict(self, images: list[Tensor]) -> list[dict[str, Tensor]] | list[list[dict[str, Tensor]]]:
+        """Predictions for still images or clips, as :meth:`LstmdetModel.predict` gives them.
 
         Args:
-            images: ``(3, H, W)`` float tensors in ``[0, 1]`` of any size.
+            images: ``(3, H, W)`` float tensors in ``[0, 1]`` of any size, or ``(T, 3, H, W)`` clips
+                (a stateful model steps through their frames, carrying its state).
 
         Returns:
-            One dict per image: ``boxes`` ``(K, 4)`` xyxy original pixels, ``scores`` ``(K,)``, ``labels`` ``(K,)``.
+            For still images one dict per image: detectors ``boxes`` ``(K, 4)`` xyxy original pixels,
+            ``scores`` ``(K,)``, ``labels`` ``(K,)``; classifiers ``scores`` (probabilities) and ``labels``.
+            For clips, one list of per-frame dicts per clip.
         """
-        if self.task != "detect":
-            raise LstmdetError(f"{self.path} is a {self.task} model; predict here runs detectors")
-        batch, sizes = self._batch(images)
-        outputs, _ = self.run(batch)
-        return self._detections(outputs, sizes, [tuple(int(v) for v in im.shape[-2:]) for im in images])
+        if not images:
+            raise LstmdetError("no images given: pass a non-empty list of (3, H, W) tensors")
+        if images[0].dim() != 4:
+            return self._forward(list(images), None)[0]
+        lengths = {clip.shape[0] for clip in images}
+        if len(lengths) != 1:
+            raise LstmdetError(f"clips in one batch must have the same number of frames, got {sorted(lengths)}")
+        if not self.stateful:
+            flat = self._forward([frame for clip in images for frame in clip], None)[0]
+            t = lengths.pop()
+            return [flat[i : i + t] for i in range(0, len(flat), t)]
+        per_clip: list[list[dict]] = [[] for _ in images]
+        state = None
+        for t in range(lengths.pop()):
+            outputs, state = self._forward([clip[t] for clip in images], state)
+            for clip_out, out in zip(per_clip, outputs, strict=True):
+                clip_out.append(out)
+        return per_clip
 
     def predict_step(self, frames: list[Tensor], state: list[np.ndarray] | None = None) -> tuple[list[dict], Any]:
         """One frame per stream, continuing ``state`` (``None`` starts the streams), as ``LstmdetModel.predict_step``.
@@ -282,6 +386,4 @@ class OnnxModel:
         Returns:
             (one prediction dict per frame, new state: the state tensors as NumPy arrays).
         """
-        batch, sizes = self._batch(frames)
-        outputs, state = self.run(batch, state)
-        return self._detections(outputs, sizes, [tuple(int(v) for v in f.shape[-2:]) for f in frames]), state
+        return self._forward(list(frames), state)

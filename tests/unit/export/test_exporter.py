@@ -43,12 +43,12 @@ def test_metadata_and_signature_round_trip(default_model, default_onnx):
     meta = parse_metadata(run.get_modelmeta().custom_metadata_map, str(default_onnx))
     assert meta["task"] == "detect" and meta["classes"] == default_model.classes
     assert meta["config"] == default_model.config and meta["lstmdet_version"] == lstmdet.__version__
-    assert meta["input"]["shape"] == [None, 3, 128, 128] and meta["input"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["input"]["shape"] == [None, 3, None, None] and meta["input"]["mean"] == [0.485, 0.456, 0.406]
     assert "aspect ratio" in meta["input"]["resize"] and meta["batch"] is None and meta["state"] == []
     post = meta["postprocess"]
     assert (post["score_thresh"], post["nms_thresh"], post["detections_per_img"]) == (0.05, 0.6, 100)
     assert meta["outputs"] == ["boxes", "scores", "labels", "num_detections"]
-    assert [(i.name, i.shape, i.type) for i in run.get_inputs()] == [("images", ["N", 3, 128, 128], "tensor(float)")]
+    assert [(i.name, i.shape, i.type) for i in run.get_inputs()] == [("images", ["N", 3, "H", "W"], "tensor(float)")]
     assert [(o.name, o.shape, o.type) for o in run.get_outputs()] == [
         ("boxes", ["N", 100, 4], "tensor(float)"),
         ("scores", ["N", 100], "tensor(float)"),
@@ -207,7 +207,7 @@ def test_fixed_batch_and_threshold_overrides(tmp_path):
     model = random_model(config("digits_det_identity", size=64, max_size=64))
     path = export(model, tmp_path / "b2.onnx", batch=2, score_thresh=0.2, max_detections=7, opset=13)
     run = session(path)
-    assert run.get_inputs()[0].shape == [2, 3, 64, 64] and run.get_outputs()[0].shape == [2, 7, 4]
+    assert run.get_inputs()[0].shape == [2, 3, "H", "W"] and run.get_outputs()[0].shape == [2, 7, 4]
     meta = parse_metadata(run.get_modelmeta().custom_metadata_map, str(path))
     assert meta["batch"] == 2 and meta["postprocess"]["score_thresh"] == 0.2 and "opset 13" in meta["exporter"]
     images = digit_scenes(64, 2, seed=2)

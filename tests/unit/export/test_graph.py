@@ -34,16 +34,16 @@ def test_postprocess_equals_the_heads_torchvision_postprocessing():
         with torch.no_grad():
             for p in model.head.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
-        net = ExportNet(model, (64, 64))
+        net = ExportNet(model)
         images = torch.rand(3, 3, 64, 64)
         with torch.no_grad():
             raw = net(images)
             feats, _ = model.features((images - net.mean) / net.std)
-            levels = list(feats.values())
             image_list = ImageList(images, [(64, 64)] * 3)
-            anchors = model.head._anchors(levels, image_list)[0]
-            sizes = [lv.shape[-2] * lv.shape[-1] * model.head.num_anchors for lv in levels]
-            boxes, scores, labels, num = DetectionPostprocess(model.head, anchors, sizes, (64, 64))(*raw)
+            n = net.num_levels
+            groups = [list(raw[i * n : (i + 1) * n]) for i in range(4)]
+            limits = torch.tensor([[64.0, 64.0]])
+            boxes, scores, labels, num = DetectionPostprocess(model.head)(*groups, limits)
             ref = model.head(feats, image_list)
         for i in range(3):
             n = int(num[i])
