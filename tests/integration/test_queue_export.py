@@ -8,59 +8,22 @@ eval must give the in-process metrics.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, RedisServer, assert_same_outputs
-from queue_harness import Worker
+from helpers import ROOT, assert_same_outputs
+from queue_harness import Queue
 
 import lstmdet
 from lstmdet.engine.evaluate import evaluate_checkpoint
 from lstmdet.export import export
-from lstmdet.workers.client import JobClient
-from lstmdet.workers.settings import Settings
 
 pytestmark = pytest.mark.redis
 
 DETECT = {"workers": 0, "batch_size": 3}  # no loader processes: small and deterministic
 DIGITS = {"name": "digits_det", "images": 12, "seed": 3, "size": 128, "split": "test"}
-
-
-class Queue:
-    """A server, the environment pointing at it, a client and the workers started (stopped at the end).
-
-    (A copy of the small setup of ``test_queue.py``, kept apart so that each file stands alone.)
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.server = RedisServer(folder / "redis").start()
-        self.env = {
-            **os.environ,
-            "LSTMDET_BROKER_URL": self.server.url(0),
-            "LSTMDET_RESULT_URL": self.server.url(1),
-            "LSTMDET_DATA_ROOTS": str(folder),
-            "LSTMDET_SOFT_TIME_LIMIT": "60",
-            "LSTMDET_TIME_LIMIT": "90",
-            "LSTMDET_VISIBILITY_TIMEOUT": "120",
-            # Floating-point sums depend on the thread count: run like the in-process reference.
-            "LSTMDET_TORCH_THREADS": "1",
-        }
-        self.client = JobClient(Settings.from_env(self.env))
-        self.workers: list[Worker] = []
-
-    def worker(self, *args: str) -> Worker:
-        worker = Worker(self.env, self.folder / f"worker{len(self.workers)}.log", *args)
-        self.workers.append(worker)
-        return worker.wait_ready()
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.server.stop()
 
 
 @pytest.fixture(scope="module")
