@@ -9,9 +9,9 @@ loopback port, in a temporary folder) and ``--workers`` ``lstmdet worker --queue
 groups (one pool process with one torch thread each), at default lease settings. It queues
 ``--jobs`` jobs at once, a fixed mix of
 
-* ``detect``: 24 digit scenes in shards of 8 (plan, 3 shards, merge), with the shipped model;
-* ``eval``: a small MNIST classifier checkpoint on 128 digits;
-* ``train``: that classifier, 1 epoch of 128 digits;
+* ``detect``: 96 digit scenes in shards of 8 (plan, 12 shards, merge), with the shipped model;
+* ``eval``: a small MNIST classifier checkpoint on 512 digits;
+* ``train``: that classifier, 1 epoch of 512 digits;
 * ``ping``: Celery's round trip only,
 
 and runs them three times:
@@ -55,7 +55,7 @@ COMPARED = ("detections.jsonl", "images.json", "coco_results.json")
 MIX = {"detect": 0.4, "eval": 0.2, "train": 0.2, "ping": 0.2}
 
 
-def train_config(images: int = 128) -> dict[str, Any]:
+def train_config(images: int = 512) -> dict[str, Any]:
     """The small MNIST classifier every train job trains (1 epoch, deterministic on one thread)."""
     return {
         "task": "classify",
@@ -70,20 +70,20 @@ def train_config(images: int = 128) -> dict[str, Any]:
     }
 
 
-EVAL_DATA = {"name": "mnist_idx", "split": "val", "images": 128}
+EVAL_DATA = {"name": "mnist_idx", "split": "val", "images": 512}
 
 
 class Fleet:
     """A private redis-server with an append-only file and the worker process groups started against it."""
 
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
+    def __init__(self, work: Path, env: dict[str, str], root: Path) -> None:
         from lstmdet.workers.client import JobClient
         from lstmdet.workers.settings import Settings
 
         self.work, self.port = work, free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.env = {**os.environ, "LSTMDET_BROKER_URL": self.url, "LSTMDET_RESULT_URL": self.url,
-                    "LSTMDET_DATA_ROOTS": str(work), "LSTMDET_TORCH_THREADS": "1", **env}  # fmt: skip
+                    "LSTMDET_DATA_ROOTS": str(root), "LSTMDET_TORCH_THREADS": "1", **env}  # fmt: skip
         self.client = JobClient(Settings.from_env(self.env))
         self.redis: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
@@ -150,7 +150,7 @@ def prepare(work: Path) -> dict[str, Any]:
     from lstmdet.checkpoint import read_checkpoint
     from lstmdet.engine.evaluate import evaluate_checkpoint
 
-    subprocess.run([LSTMDET, "data", "digits-det", str(work / "scenes"), "--images", "24", "--seed", "3", "--split",
+    subprocess.run([LSTMDET, "data", "digits-det", str(work / "scenes"), "--images", "96", "--seed", "3", "--split",
                     "test"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     torch.set_num_threads(1)  # as the workers
     reference = work / "reference"
@@ -303,9 +303,9 @@ class Chaos(threading.Thread):
 def run(args: argparse.Namespace, ref: dict[str, Any], work: Path, label: str, env: dict[str, str],
         chaos: bool) -> dict[str, Any]:  # fmt: skip
     """One run of the mix; returns throughput, correctness and (with chaos) recovery."""
-    folder = work / label
+    folder = work / label.replace(" ", "-").replace(",", "")
     (folder / "logs").mkdir(parents=True)
-    fleet = Fleet(folder, env)
+    fleet = Fleet(folder, env, root=work)
     rng = random.Random(args.seed)
     try:
         fleet.start_redis()
