@@ -285,7 +285,10 @@ class LeaseKeeper:
 
     def start(self) -> None:
         """Renew once now (before the first task can be taken), then every heartbeat."""
-        self.beat()
+        try:
+            self.beat()
+        except Exception as exc:  # Redis away at start: the thread's next beat tries again
+            log.warning("lease heartbeat failed: %s", exc)
         self._thread.start()
 
     def beat(self) -> None:

@@ -89,6 +89,10 @@ def make_session(path: str | Path, device: str = "cpu", threads: int | None = No
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle intra-op threads sleep instead of spinning: image decoding and the writers run between
+    # calls on the same cores, and spinning threads would take their time (about 35 % of a detect
+    # call on 2 cores, measured with cProfile on coco128).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not Path(path).is_file():
         raise ExportError(f"ONNX file {path} does not exist (or is not a file); write one with `lstmdet export`")
     try:

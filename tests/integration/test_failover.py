@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import ROOT, classify_config, wait_for
+from helpers import ROOT, classify_config, install_plugin, wait_for
 from queue_harness import DETECT, Queue, Worker, assert_same_files
 
 import lstmdet
@@ -207,5 +208,56 @@ def test_redis_restarted_with_aof_during_a_failover_the_job_finishes(scenes, ref
         record = wait_for(lambda: (r := q.client.status(job))["state"] in ("succeeded", "failed") and r, 180, "the job")
         assert record["state"] == "succeeded", record
         assert_same_files(tmp_path / "out", reference)
+    finally:
+        q.close()
+
+
+SLOW_SOURCE = """
+import time
+
+from lstmdet import FeatureInfo, hookimpl
+from torch import nn
+
+
+class Stubborn(nn.Module):
+    \"\"\"A backbone whose construction holds the GIL for 45 s in pure Python (longer than a lease).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        end = time.monotonic() + 45
+        while time.monotonic() < end:
+            pass
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.feature_info = [FeatureInfo("c1", 8, 2)]
+
+    def forward(self, x):
+        return {"c1": self.conv(x).relu()}
+
+
+@hookimpl
+def lstmdet_register_backbones(registry):
+    registry.add("stubborn", Stubborn)
+"""
+
+
+def test_a_slow_task_keeps_its_lease_while_its_worker_lives(tmp_path):
+    """45 s without a step in a GIL-bound pool process: the main process's heartbeat keeps the lease."""
+    site = install_plugin(tmp_path / "site", "lstmdet_stubborn", SLOW_SOURCE, "stubborn")
+    q = Queue(tmp_path, pythonpath=site)
+    try:
+        q.worker(), q.worker()  # a second, idle worker sweeps for lost tasks the whole time
+        config = classify_config({"name": "identity"}, {"name": "small_cnn", "widths": [8, 8]})
+        config["model"]["backbone"] = {"name": "stubborn"}
+        config["data"] = {"train": {"name": "mnist_idx", "split": "train", "images": 64}}
+        config["train"] = {"epochs": 1, "batch_size": 32, "workers": 0, "progress": False, "seed": 1}
+        sys.path.insert(0, str(site))  # the client checks the config against the installed plugins
+        try:
+            job = q.client.submit_train(config, tmp_path / "run")
+        finally:
+            sys.path.remove(str(site))
+        record = q.client.wait(job, timeout=180)
+        assert record["state"] == "succeeded", record
+        assert restored(q) == []
+        assert q.client.store.redis.get(f"lstmdet:deliveries:{job}:0") == "1"  # ran once, on one worker
     finally:
         q.close()

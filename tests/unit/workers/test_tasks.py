@@ -288,6 +288,35 @@ def test_an_eval_of_a_missing_checkpoint_fails_with_the_engines_message(app, sto
     assert record["state"] == "failed" and "missing.pt does not exist" in record["error"]
 
 
+def test_late_duplicates_of_a_train_and_an_eval_job_change_nothing(app, store, redis_settings, tmp_path):
+    """Each job's first task delivered again after the job succeeded: no second run, no file touched."""
+    from helpers import classify_config
+
+    config = classify_config({"name": "identity"}, {"name": "small_cnn", "widths": [8, 8]})
+    config["data"] = {"train": {"name": "mnist_idx", "split": "train", "images": 64}}
+    config["train"] = {"epochs": 1, "batch_size": 32, "workers": 0, "progress": False, "seed": 1}
+    out = tmp_path / "run"
+    train = validate_spec("train", {"config": config, "out": str(out), "resume": False}, redis_settings.data_roots)
+    store.create("t1", "train", "cpu", train)
+    message = {"task": "lstmdet.train", "id": "t1", "args": ["t1", train]}
+    deliver(app, message)
+    assert store.get("t1")["state"] == "succeeded"
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    evaluation = validate_spec("eval", {"weights": str(out / "last.pt"), "out": str(tmp_path / "eval.json"),
+                                        "device": "cpu", "data": {"name": "mnist_idx", "split": "val", "images": 32}},
+                               redis_settings.data_roots)  # fmt: skip
+    store.create("e1", "eval", "cpu", evaluation)
+    deliver(app, {"task": "lstmdet.eval", "id": "e1", "args": ["e1", evaluation]})
+    scored = (tmp_path / "eval.json").stat().st_mtime_ns
+    time.sleep(0.01)
+    deliver(app, message)  # the train job's first task once more (a lost worker's task, put back)
+    deliver(app, {"task": "lstmdet.eval", "id": "e1", "args": ["e1", evaluation]})
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == written
+    assert (tmp_path / "eval.json").stat().st_mtime_ns == scored
+    assert store.get("t1")["state"] == store.get("e1")["state"] == "succeeded"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 # --- what a task body raises ----------------------------------------------------------------------------------------
 
 
