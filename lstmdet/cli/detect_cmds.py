@@ -105,7 +105,9 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
         "--start", type=non_negative_number, metavar="S",
         help="first time processed, in seconds: seek there and start at the first frame at or after it",
     )  # fmt: skip
-    g.add_argument("--end", type=positive_number, metavar="S", help="seconds: stop before the first frame at or after it")
+    g.add_argument(
+        "--end", type=positive_number, metavar="S", help="seconds: stop before the first frame at or after it"
+    )
     g.add_argument("--max-frames", type=positive_int, metavar="N", help="process at most N frames of each video")
     g.add_argument(
         "--save-video", action="store_true", default=None,

@@ -82,7 +82,7 @@ class VideoInfo:
 
 
 @dataclass
-class VideoFrame:
+class DecodedFrame:
     """One decoded frame.
 
     Attributes:
@@ -204,7 +204,7 @@ def read_frames(
     end: float | None = None,
     max_frames: int | None = None,
     max_pixels: int | None = None,
-) -> Iterator[VideoFrame]:
+) -> Iterator[DecodedFrame]:
     """The frames of a video, one at a time, as displayed, in 8-bit RGB.
 
     Frames are selected in this order: those at or after ``start`` and before ``end``, of those
@@ -221,7 +221,7 @@ def read_frames(
         max_pixels: Largest stored ``width * height`` accepted (checked on the header).
 
     Yields:
-        :class:`VideoFrame` items in presentation order.
+        :class:`DecodedFrame` items in presentation order.
 
     Raises:
         VideoReadError: Before the first frame when the file cannot be opened; after the frames
@@ -243,7 +243,7 @@ def read_frames(
 
 def _select(
     path: Path, container: Any, stream: Any, stride: int, start: float | None, end: float | None, limit: int | None
-) -> Iterator[VideoFrame]:
+) -> Iterator[DecodedFrame]:
     time_base = stream.time_base or Fraction(1, 1)
     origin = stream.start_time or 0
     fps = _fps(stream)
@@ -281,7 +281,7 @@ def _select(
         except Exception as exc:
             raise VideoReadError(path, f"cannot convert frame {current} to RGB ({_why(exc)})") from None
         kept += 1
-        yield VideoFrame(current, round(timestamp, 6), to_display(image, display_transform(_display_matrix(frame))))
+        yield DecodedFrame(current, round(timestamp, 6), to_display(image, display_transform(_display_matrix(frame))))
 
 
 class VideoEncoder:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from lstmdet.data.video import FALLBACK_FPS, VideoEncoder, VideoFrame, VideoReadError, probe_video, read_frames
+from lstmdet.data.video import FALLBACK_FPS, DecodedFrame, VideoEncoder, VideoReadError, probe_video, read_frames
 from lstmdet.engine.detect_inputs import Inputs, model_input
 from lstmdet.engine.detect_options import DetectOptions
 from lstmdet.engine.progress import progress as progress_display
@@ -63,7 +63,7 @@ class AnnotatedVideoWriter:
         self.path, self.fps = path, fps
         self._encoder: VideoEncoder | None = None
 
-    def write(self, frame: VideoFrame, detections: list[dict[str, Any]]) -> None:
+    def write(self, frame: DecodedFrame, detections: list[dict[str, Any]]) -> None:
         """Draw ``detections`` (``detections.jsonl`` entries) on ``frame`` and encode it."""
         canvas = draw_detections(frame.image, detections)
         if self._encoder is None:
@@ -100,7 +100,7 @@ def detect_videos(
     opts: DetectOptions,
     *,
     out: Path,
-    done: set[str] = frozenset(),  # type: ignore[assignment]
+    done: Container[str] = (),
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[int, int, float]:
@@ -144,7 +144,9 @@ class _Video:
         self.runner, self.writer, self.bar, self.fit, self.uint8 = runner, writer, bar, fit, uint8
         self.lines = self.frames = 0
 
-    def run(self, path: Path, name: str, opts: DetectOptions, out: Path, should_stop: Callable[[], bool] | None) -> None:
+    def run(
+        self, path: Path, name: str, opts: DetectOptions, out: Path, should_stop: Callable[[], bool] | None
+    ) -> None:
         """Detect video ``name`` (at ``path``): its frame lines, then an error line if decoding stopped."""
         self.runner.video = None  # a fresh state for every video
         drawer = None
@@ -185,7 +187,7 @@ class _Video:
                 drawer.close()
 
     def _batch(
-        self, name: str, batch: list[VideoFrame], drawer: AnnotatedVideoWriter | None,
+        self, name: str, batch: list[DecodedFrame], drawer: AnnotatedVideoWriter | None,
         should_stop: Callable[[], bool] | None,
     ) -> int:  # fmt: skip
         """Run ``batch`` through the model and write its lines; returns how many."""
