@@ -7,6 +7,7 @@
   presentation time, selected by stride, start, end and a maximum count. FFmpeg decodes with its
   own threads (``thread_type = "AUTO"``). The display matrix (a phone's rotation, a mirror) is
   applied as EXIF orientation is for photos: arrays and sizes are those of the video as displayed.
+* :func:`decode_ahead` decodes in a background thread while the model runs on earlier frames.
 * :func:`probe_video` reads size, frame rate, frame count and duration from the header.
 * :class:`VideoEncoder` writes RGB frames as an H.264 MP4.
 
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from queue import Full, Queue
 from typing import Any
 
 import numpy as np
@@ -282,6 +285,55 @@ def _select(
             raise VideoReadError(path, f"cannot convert frame {current} to RGB ({_why(exc)})") from None
         kept += 1
         yield DecodedFrame(current, round(timestamp, 6), to_display(image, display_transform(_display_matrix(frame))))
+
+
+def decode_ahead(frames: Iterator[DecodedFrame], depth: int) -> Iterator[DecodedFrame]:
+    """``frames`` decoded in a background thread while the caller works (FFmpeg releases the GIL).
+
+    At most ``depth`` frames wait at a time, so memory stays flat. An exception of ``frames``
+    (:class:`VideoReadError` in the middle of a video) is raised here after the frames before it.
+    Closing this generator (a finished or interrupted caller) stops the thread and closes ``frames``.
+
+    Args:
+        frames: A :func:`read_frames` generator (not yet started).
+        depth: Frames decoded ahead (>= 1).
+    """
+    queue: Queue = Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for frame in frames:
+                if not put(("frame", frame)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the caller
+            put(("error", exc))
+        finally:
+            frames.close()
+
+    thread = threading.Thread(target=work, name="lstmdet-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class VideoEncoder:

@@ -3,9 +3,10 @@
 :func:`detect_videos` runs after the images of a run (:func:`lstmdet.engine.detect.detect`), one
 video at a time in sorted order. Frames come from :func:`lstmdet.data.video.read_frames` (a
 generator: PyAV decodes with FFmpeg's threads, nothing is collected, memory stays flat for any
-length) in batches of ``batch_size`` frames, converted exactly as image files are
-(:func:`~lstmdet.engine.detect_inputs.model_input`), so a frame gives the detections its pixels
-would give as an image file.
+length), decoded ahead in a background thread (:func:`~lstmdet.data.video.decode_ahead`: at most
+one batch waits) while the model runs, in batches of ``batch_size`` frames, converted exactly as
+image files are (:func:`~lstmdet.engine.detect_inputs.model_input`), so a frame gives the
+detections its pixels would give as an image file.
 
 State. A stateful model (e.g. a ConvLSTM encoder) sees each video frame by frame through
 :meth:`LstmdetModel.predict_step` with its state reset at the start of every video, as
@@ -37,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from lstmdet.data.video import FALLBACK_FPS, DecodedFrame, VideoEncoder, VideoReadError, probe_video, read_frames
+from lstmdet.data.video import (
+    FALLBACK_FPS,
+    DecodedFrame,
+    VideoEncoder,
+    VideoReadError,
+    decode_ahead,
+    probe_video,
+    read_frames,
+)
 from lstmdet.engine.detect_inputs import Inputs, model_input
 from lstmdet.engine.detect_options import DetectOptions
 from lstmdet.engine.progress import progress as progress_display
@@ -156,8 +165,9 @@ class _Video:
             except VideoReadError:
                 fps = FALLBACK_FPS  # read_frames reports the problem
             drawer = AnnotatedVideoWriter(annotated_video_path(out, name), fps)
-        frames = read_frames(path, stride=opts.vid_stride, start=opts.start, end=opts.end,
-                             max_frames=opts.max_frames, max_pixels=opts.max_pixels)  # fmt: skip
+        frames = decode_ahead(read_frames(path, stride=opts.vid_stride, start=opts.start, end=opts.end,
+                                          max_frames=opts.max_frames, max_pixels=opts.max_pixels),
+                              depth=opts.batch_size)  # fmt: skip
         error, batch, written = None, [], 0
         try:
             while True:
