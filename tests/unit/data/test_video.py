@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 
 import av
@@ -14,6 +15,7 @@ from lstmdet.data import video as video_module
 from lstmdet.data.video import (
     VideoEncoder,
     VideoReadError,
+    decode_ahead,
     display_transform,
     is_video_file,
     probe_video,
@@ -151,10 +153,19 @@ def test_an_error_in_the_middle_comes_after_the_frames_before_it(mp4, monkeypatc
             yield frame
 
     monkeypatch.setattr(video_module, "_decode", breaks_after_three)
-    frames = read_frames(mp4)
-    assert [next(frames).index for _ in range(3)] == [0, 1, 2]
-    with pytest.raises(VideoReadError, match="decoding stopped after frame 2"):
-        next(frames)
+    for frames in (read_frames(mp4), decode_ahead(read_frames(mp4), depth=2)):
+        assert [next(frames).index for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(VideoReadError, match="decoding stopped after frame 2"):
+            next(frames)
+
+
+def test_decode_ahead_gives_the_same_frames_and_stops_when_closed(mp4):
+    ahead = list(decode_ahead(read_frames(mp4), depth=3))
+    assert [(f.index, f.timestamp) for f in ahead] == [(f.index, f.timestamp) for f in read_frames(mp4)]
+    ahead = decode_ahead(read_frames(mp4), depth=2)
+    assert next(ahead).index == 0
+    ahead.close()  # an interrupted caller: the thread stops and closes the file
+    assert not [t for t in threading.enumerate() if t.name == "lstmdet-decode"]
 
 
 @pytest.mark.parametrize(("width", "height"), [(48, 32), (33, 17)])
