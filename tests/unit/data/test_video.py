@@ -80,7 +80,7 @@ def test_stride_start_end_and_max_frames_select_the_right_frames(mp4, options, i
     ],
 )
 def test_the_display_matrix_is_applied(tmp_path, rotation, hflip, expected):
-    frames = np.stack([np.asarray(Image.fromarray(digit_clip(3, size=32)[t]).resize((48, 32))) for t in range(3)])
+    frames = np.stack([np.asarray(Image.fromarray(image).resize((48, 32))) for image in digit_clip(3, size=32)])
     path = encode_video(tmp_path / "phone.mp4", frames, FPS, rotation=rotation, hflip=hflip)
     stored, _ = decode_video(path)  # PyAV alone does not rotate
     read = list(read_frames(path))
