@@ -5,8 +5,9 @@
 * :func:`read_frames` yields the frames of one video one at a time (a generator: frames are never
   collected, so memory stays flat for any length), each with its index in the video and its
   presentation time, selected by stride, start, end and a maximum count. FFmpeg decodes with its
-  own threads (``thread_type = "AUTO"``). The display matrix (a phone's rotation, a mirror) is
-  applied as EXIF orientation is for photos: arrays and sizes are those of the video as displayed.
+  own threads (``thread_type = "AUTO"``). The display matrix (a phone's rotation, a mirror; an
+  older file's ``rotate`` tag when there is none) is applied as EXIF orientation is for photos:
+  arrays and sizes are those of the video as displayed.
 * :func:`decode_ahead` decodes in a background thread while the model runs on earlier frames.
 * :func:`probe_video` reads size, frame rate, frame count and duration from the header.
 * :class:`VideoEncoder` writes RGB frames as an H.264 MP4.
@@ -172,6 +173,21 @@ def display_transform(matrix: np.ndarray | None) -> tuple[bool, bool, bool]:
     return False, False, False
 
 
+def rotate_tag_transform(metadata: dict[str, str]) -> tuple[bool, bool, bool]:
+    """:func:`display_transform` of an older file's ``rotate`` tag (clockwise degrees, any key case).
+
+    Used only for frames without a display matrix; multiples of 90 degrees, others left as stored.
+    """
+    value = next((v for k, v in metadata.items() if k.lower() == "rotate"), None)
+    try:
+        degrees = round(float(value)) % 360 if value is not None else 0
+    except ValueError:
+        return False, False, False
+    return {90: (True, False, True), 180: (False, True, True), 270: (True, True, False)}.get(
+        degrees, (False, False, False)
+    )
+
+
 def _display_matrix(frame: Any) -> np.ndarray | None:
     from av.sidedata.sidedata import Type
 
@@ -256,6 +272,7 @@ def _select(
             container.seek(origin + int(Fraction(start) / time_base), stream=stream, backward=True)
     index = None if seek else 0
     kept = selected = 0
+    tagged = rotate_tag_transform(dict(stream.metadata or {}))
     frames = _decode(container, stream)
     while limit is None or kept < limit:
         try:
@@ -284,7 +301,9 @@ def _select(
         except Exception as exc:
             raise VideoReadError(path, f"cannot convert frame {current} to RGB ({_why(exc)})") from None
         kept += 1
-        yield DecodedFrame(current, round(timestamp, 6), to_display(image, display_transform(_display_matrix(frame))))
+        matrix = _display_matrix(frame)
+        transform = display_transform(matrix) if matrix is not None else tagged
+        yield DecodedFrame(current, round(timestamp, 6), to_display(image, transform))
 
 
 def decode_ahead(frames: Iterator[DecodedFrame], depth: int) -> Iterator[DecodedFrame]:

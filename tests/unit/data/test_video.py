@@ -20,6 +20,7 @@ from lstmdet.data.video import (
     is_video_file,
     probe_video,
     read_frames,
+    rotate_tag_transform,
 )
 
 FPS = 10
@@ -88,6 +89,26 @@ def test_the_display_matrix_is_applied(tmp_path, rotation, hflip, expected):
     for frame, image in zip(read, stored, strict=True):
         assert np.array_equal(frame.image, expected(image))
         assert frame.image.flags.c_contiguous
+
+
+def test_an_older_rotate_tag_is_applied_when_there_is_no_display_matrix(tmp_path):
+    import av
+
+    frames = np.stack([np.asarray(Image.fromarray(image).resize((48, 32))) for image in digit_clip(2, size=32)])
+    path = encode_video(tmp_path / "tagged.mkv", frames, FPS)
+    tagged = tmp_path / "retagged.mkv"
+    with av.open(str(path)) as src, av.open(str(tagged), mode="w") as dst:  # a remux with the tag
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        stream.metadata["rotate"] = "90"
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    stored, _ = decode_video(path)
+    read = list(read_frames(tagged))
+    assert len(read) == 2 and all(np.array_equal(f.image, np.rot90(a, -1)) for f, a in zip(read, stored, strict=True))
+    assert rotate_tag_transform({"ROTATE": "270"}) == (True, True, False)
+    assert rotate_tag_transform({"rotate": "x"}) == rotate_tag_transform({}) == (False, False, False)
 
 
 def test_display_transform_of_each_matrix_shape():
