@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from fractions import Fraction
 
@@ -101,7 +102,7 @@ def test_an_older_rotate_tag_is_applied_when_there_is_no_display_matrix(tmp_path
         stream = dst.add_stream_from_template(src.streams.video[0])
         stream.metadata["rotate"] = "90"
         for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
+            if packet.size:  # not the final empty (flush) packet
                 packet.stream = stream
                 dst.mux(packet)
     stored, _ = decode_video(path)
@@ -157,7 +158,7 @@ def test_bad_files_raise_a_reason(tmp_path, mp4):
         "missing.mp4": "No such file",
     }
     for name, reason in expected.items():
-        with pytest.raises(VideoReadError, match=reason) as caught:
+        with pytest.raises(VideoReadError, match=re.escape(reason)) as caught:
             list(read_frames(tmp_path / name))
         assert name in str(caught.value)
     with pytest.raises(VideoReadError, match="exceeds the limit of 1,000"):
