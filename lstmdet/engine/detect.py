@@ -491,7 +491,8 @@ def remove_previous_run(out: Path, inputs: Inputs) -> None:
             inside = any(name.startswith(prefix) for name in inputs.files)
         if inside:
             raise LstmdetError(
-                f"--exist-ok would remove {out / folder}, but files to detect lie inside it; choose another --out"
+                f"--exist-ok would remove {out / folder}, but {'images' if folder == ANNOTATED else 'files'} to "
+                "detect lie inside it; choose another --out"
             )
     remove_outputs(out, OUTPUTS)
 
