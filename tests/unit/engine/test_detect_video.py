@@ -222,3 +222,30 @@ def test_video_options_are_checked_and_harmless_for_images(tmp_path, weights):
     ).read_bytes()
     assert isinstance(json.loads((tmp_path / "opts" / "images.json").read_text()), list)  # no videos: as before
     assert "fps" not in video and "frames" not in plain and not (tmp_path / "opts" / "videos").exists()
+
+
+def test_a_real_corrupt_packet_keeps_the_frames_before_it(tmp_path, weights):
+    """PNG frames in a MOV with zeroed bytes in the middle: FFmpeg's decoder fails on that packet."""
+    src = tmp_path / "src"
+    src.mkdir()
+    path = encode_video(src / "corrupt.mov", digit_clip(8, size=48, seed=6), FPS, codec="png", pix_fmt="rgb24")
+    data = bytearray(path.read_bytes())
+    middle = int(len(data) * 0.6)
+    data[middle : middle + 200] = bytes(200)
+    path.write_bytes(bytes(data))
+    encode_video(src / "fine.mp4", digit_clip(3, size=48, seed=7), FPS)
+    summary = run(src, tmp_path / "out", weights)
+    records = lines(tmp_path / "out")
+    corrupt = [r for r in records if r["file"] == "corrupt.mov"]
+    assert 1 <= len(corrupt) - 1 < 8 and all("detections" in r for r in corrupt[:-1])
+    assert [r["frame_index"] for r in corrupt[:-1]] == list(range(len(corrupt) - 1))
+    assert "decoding stopped after frame" in corrupt[-1]["error"] and "frame_index" not in corrupt[-1]
+    assert [r["frame_index"] for r in records if r["file"] == "fine.mp4"] == [0, 1, 2]  # the run went on
+    assert summary["failed"] == 1
+
+    # --exist-ok never removes the videos it is asked to detect
+    (tmp_path / "out2" / "videos").mkdir(parents=True)
+    (src / "fine.mp4").rename(tmp_path / "out2" / "videos" / "fine.mp4")
+    with pytest.raises(LstmdetError, match="files to detect lie inside it"):
+        run(tmp_path / "out2" / "videos", tmp_path / "out2", weights, exist_ok=True)
+    assert (tmp_path / "out2" / "videos" / "fine.mp4").is_file()
