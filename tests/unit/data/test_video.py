@@ -204,3 +204,23 @@ def test_the_encoder_writes_every_frame_at_its_size(tmp_path, width, height):
     assert times == pytest.approx([t * 1001 / 30000 for t in range(5)], abs=1e-3)
     info = probe_video(tmp_path / "out.mp4")
     assert info.fps == Fraction(30000, 1001)
+
+
+def test_memory_stays_flat_however_long_the_video(tmp_path):
+    """Frames are never collected: a frame handed out and dropped by the caller is freed by the next one."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(1)
+    path = encode_video(tmp_path / "long.mkv", rng.integers(0, 256, (240, 64, 96, 3), dtype=np.uint8), 30, gop=30)
+    gc.disable()  # freed by reference counting alone, not by a later collection
+    try:
+        seen: list[weakref.ref] = []
+        most_alive = 0
+        for frame in decode_ahead(read_frames(path, stride=1), depth=4):
+            seen.append(weakref.ref(frame.image))
+            del frame
+            most_alive = max(most_alive, sum(ref() is not None for ref in seen))
+    finally:
+        gc.enable()
+    assert len(seen) == 240 and most_alive <= 1  # the one the generator still names until the next
