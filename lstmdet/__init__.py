@@ -121,17 +121,18 @@ def train(
 
 
 def detect(src: str | Path, out: str | Path, weights: str | Path | None = None, **options: Any) -> dict[str, Any]:
-    """Detect objects in every image of a folder (or in one image file), writing the results to ``out``.
+    """Detect objects in every image and video of a folder (or in one file), writing the results to ``out``.
 
     Args:
-        src: Image file or folder (searched recursively).
+        src: Image or video file, or a folder (searched recursively) of images and videos.
         out: Output folder: ``detections.jsonl``, ``images.json``, ``coco_results.json``, ``summary.json``.
         weights: Checkpoint file; ``None`` or ``"default"``: the model shipped with lstmdet (or ``model=``).
         **options: ``model``, ``batch_size``, ``workers``, ``score_thresh`` (default 0.25),
             ``nms_thresh``, ``max_detections``, ``agnostic_nms`` (default False), ``device``,
             ``half``, ``save_images``, ``resume`` (options left out: those the run recorded),
             ``exist_ok`` (replace a previous run in ``out``), ``sequence``, ``max_pixels``,
-            ``progress`` (see :func:`lstmdet.engine.detect.detect`).
+            ``progress``; for video files ``vid_stride``, ``start``, ``end``, ``max_frames``,
+            ``save_video`` (see :func:`lstmdet.engine.detect.detect`).
 
     Returns:
         The ``summary.json`` dict: ``images``, ``ok``, ``failed``, ``seconds``, ``images_per_s``, ...

@@ -119,6 +119,48 @@ def save_tiny(path: Path, encoder: dict | None = None, category_ids: list[int] |
     return save_checkpoint(path, model)
 
 
+def digit_clip(frames: int, size: int = 48, seed: int = 1) -> Any:
+    """A moving-digit clip ``(T, size, size, 3)`` uint8 from the ``digits_video`` dataset (test digits)."""
+    clips = lstmdet.create_component("datasets", "digits_video", clips=1, frames=frames, size=size, seed=seed,
+                                     split="test", digits=(2, 2))  # fmt: skip
+    return clips[0][0]
+
+
+def encode_video(
+    path: Path, frames: Any, fps: int = 10, *, rotation: float | None = None, hflip: bool = False, gop: int = 4,
+    codec: str = "libx264", pix_fmt: str = "yuv420p", container: str | None = None,
+) -> Path:  # fmt: skip
+    """Encode ``frames`` (``(T, H, W, 3)`` uint8 RGB) with PyAV: frame ``t`` at ``t / fps`` seconds.
+
+    Args:
+        rotation: A display matrix rotating the video counter-clockwise by this many degrees.
+        hflip: The display matrix also mirrors it.
+        gop: Key frame interval (a seek lands on the key frame before the target).
+    """
+    import av
+
+    with av.open(str(path), mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=fps, options={"g": str(gop)} if codec == "libx264" else None)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if rotation is not None or hflip:
+            stream.set_display_rotation(rotation or 0, hflip=hflip)
+        for t, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = t
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def decode_video(path: Path) -> tuple[list[Any], list[float]]:
+    """PyAV's own decode of ``path``: the RGB arrays (as stored) and the frame times in seconds."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+        return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -1,4 +1,4 @@
-"""``lstmdet detect``: batch detection of an image folder (or one image)."""
+"""``lstmdet detect``: batch detection of an image folder (or one image), video files included."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from lstmdet.cli.arguments import non_negative_int, positive_int, unit_interval
+from lstmdet.cli.arguments import non_negative_int, non_negative_number, positive_int, positive_number, unit_interval
 
 EXIT_STATUS = """\
 exit status:
   0  every file was processed
-  1  some files could not be read; each has an {"file", "error"} line in detections.jsonl
+  1  some files could not be read (or some video frames); each has an {"file", "error"} line in detections.jsonl
   2  usage error: SRC missing or without images, bad checkpoint, bad option, --out already used
      (without --resume or --exist-ok), or --resume with options that differ from the first run's
 """
@@ -28,14 +28,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``detect`` sub-command."""
     p = subparsers.add_parser(
         "detect",
-        help="detect objects in a folder of images",
-        description="Run a detection checkpoint on every image under SRC (searched recursively) or on one image\n"
-        "file. Writes to --out: detections.jsonl (one line per file, written as it goes), images.json and\n"
+        help="detect objects in a folder of images and videos",
+        description="Run a detection checkpoint on every image and video under SRC (searched recursively) or on\n"
+        "one file. Videos: .mp4 .mkv .avi .mov .webm .m4v and GIFs of more than one frame. Writes to --out:\n"
+        "detections.jsonl (one line per image or video frame, written as it goes), images.json and\n"
         "coco_results.json (COCO images and results, for pycocotools' loadRes), summary.json, options.json.",
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_detect_arguments(p)
+    add_video_arguments(p)
     p.add_argument(
         "--resume", action="store_true",
         help="continue an interrupted run in DIR: keep its lines, process the other files; weights and options "
@@ -44,7 +46,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exist-ok", action="store_true",
         help="DIR holds a previous run: remove what it wrote (detections.jsonl, images.json, coco_results.json, "
-        "summary.json, options.json, images/) and run afresh; other files in DIR stay",
+        "summary.json, options.json, images/, videos/) and run afresh; other files in DIR stay",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_detect)
@@ -95,6 +97,24 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_video_arguments(p: argparse.ArgumentParser) -> None:
+    """The video options of ``detect`` (in-process only: queued jobs read images)."""
+    g = p.add_argument_group("video files", "how frames are selected and written; images ignore these options")
+    g.add_argument("--vid-stride", type=positive_int, metavar="N", help="process every N-th frame (default 1: all)")
+    g.add_argument(
+        "--start", type=non_negative_number, metavar="S",
+        help="first time processed, in seconds: seek there and start at the first frame at or after it",
+    )  # fmt: skip
+    g.add_argument(
+        "--end", type=positive_number, metavar="S", help="seconds: stop before the first frame at or after it"
+    )
+    g.add_argument("--max-frames", type=positive_int, metavar="N", help="process at most N frames of each video")
+    g.add_argument(
+        "--save-video", action="store_true", default=None,
+        help="also write annotated videos (H.264 MP4, same frame rate and size) under DIR/videos/",
+    )  # fmt: skip
+
+
 def detect_options(args: argparse.Namespace) -> dict:
     """The :class:`~lstmdet.engine.detect_options.DetectOptions` fields given on the command line (only those).
 
@@ -104,6 +124,7 @@ def detect_options(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size, "workers": args.workers, "score_thresh": args.conf, "nms_thresh": args.iou,
         "max_detections": args.max_det, "agnostic_nms": args.agnostic_nms, "device": args.device, "half": args.half,
         "save_images": args.save_images, "sequence": args.sequence, "max_pixels": args.max_pixels,
+        **{key: getattr(args, key, None) for key in ("vid_stride", "start", "end", "max_frames", "save_video")},
     }  # fmt: skip
     return {key: value for key, value in given.items() if value is not None}
 
@@ -111,7 +132,7 @@ def detect_options(args: argparse.Namespace) -> dict:
 def run_detect(args: argparse.Namespace) -> int:
     """Detect, print where the outputs are and a one-line summary; 1 when some files failed."""
     from lstmdet.engine.detect import detect
-    from lstmdet.engine.writers import ANNOTATED, DETECTIONS, OPTIONS
+    from lstmdet.engine.writers import ANNOTATED, ANNOTATED_VIDEOS, DETECTIONS, OPTIONS
 
     recorded = args.resume and (Path(args.out) / OPTIONS).is_file()  # a resumed run uses the recorded weights
     summary = detect(
@@ -126,13 +147,23 @@ def run_detect(args: argparse.Namespace) -> int:
     if args.weights is None and not recorded:  # after the run: a usage error stays one line
         print(DEFAULT_MODEL_NOTE, file=sys.stderr)
     files = "detections.jsonl, images.json, coco_results.json, summary.json"
-    print(f"outputs in {args.out}: {files}" + (f", {ANNOTATED}/" if (Path(args.out) / ANNOTATED).is_dir() else ""))
+    folders = "".join(f", {name}/" for name in (ANNOTATED, ANNOTATED_VIDEOS) if (Path(args.out) / name).is_dir())
+    print(f"outputs in {args.out}: {files}{folders}")
     resumed = f", {summary['resumed']} kept from the earlier run" if summary["resumed"] else ""
-    print(
-        f"files: {summary['images']} ({summary['ok']} ok, {summary['failed']} unreadable), {summary['detections']} "
-        f"detections in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} images/s{resumed})"
-    )
+    if "fps" in summary:  # the run had video files
+        print(
+            f"images: {summary['images']}, videos: {summary['videos']} ({summary['frames']} frames, "
+            f"{summary['fps']:.1f} frames/s); {summary['ok']} lines ok, {summary['failed']} errors, "
+            f"{summary['detections']} detections in {summary['seconds']:.1f} s{resumed}"
+        )
+    else:
+        print(
+            f"files: {summary['images']} ({summary['ok']} ok, {summary['failed']} unreadable), "
+            f"{summary['detections']} detections in {summary['seconds']:.1f} s ({summary['images_per_s']:.1f} "
+            f"images/s{resumed})"
+        )
     if summary["failed"]:
-        print(f"{summary['failed']} files could not be read; see their error lines in {DETECTIONS}", file=sys.stderr)
+        print(f"{summary['failed']} files or frames could not be read; see their error lines in {DETECTIONS}",
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0

@@ -89,7 +89,9 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_images(root: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+def find_images(
+    root: str | os.PathLike, *, recursive: bool = True, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+) -> list[Path]:
     """Image files under ``root`` (by extension), sorted by path; hidden files and folders skipped.
 
     Symbolic links to folders are followed, but every real folder is searched once: a link that
@@ -99,6 +101,8 @@ def find_images(root: str | os.PathLike, *, recursive: bool = True) -> list[Path
     Args:
         root: Folder to search.
         recursive: Also search sub-folders.
+        extensions: The extensions to list (lower case, with the dot; matched in any case), e.g.
+            images and videos (:data:`lstmdet.data.video.VIDEO_EXTENSIONS`) for ``detect``.
 
     Raises:
         LstmdetError: ``root`` is not a folder.
@@ -119,7 +123,9 @@ def find_images(root: str | os.PathLike, *, recursive: bool = True) -> list[Path
             continue
         visited.add((stat.st_dev, stat.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
+        found.extend(
+            Path(dirpath) / f for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in extensions
+        )
         if not recursive:
             break
     return sorted(found)

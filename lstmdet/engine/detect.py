@@ -1,5 +1,8 @@
 """Batch detection of image folders: the engine behind ``lstmdet detect`` and ``lstmdet.detect``.
 
+Video files (and animated GIFs) in SRC run after the images, frame by frame
+(:mod:`lstmdet.engine.detect_video`).
+
 Pipeline: a ``DataLoader`` with ``workers`` processes decodes the files (:func:`read_image`: pixel
 limit checked on the header, EXIF orientation applied, any mode to RGB) while the model runs on the
 previous batch under ``torch.inference_mode``; each result is appended to ``detections.jsonl`` at
@@ -45,20 +48,22 @@ from torch.utils.data import DataLoader
 from lstmdet.boxes import class_agnostic_nms
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
 from lstmdet.engine.detect_options import AGNOSTIC_IOU, DetectOptions, head_options, options_record, resume_options
+from lstmdet.engine.detect_video import detect_videos
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.malloc import keep_freed_memory
 from lstmdet.engine.progress import progress as progress_display
 from lstmdet.engine.writers import (
     ANNOTATED,
+    ANNOTATED_VIDEOS,
     DETECTIONS,
     OPTIONS,
     OUTPUTS,
     SUMMARY,
     AnnotatedImageWriter,
     JsonlAppender,
-    detection_record,
     finalize,
     read_done,
+    scaled_record,
 )
 from lstmdet.errors import Cancelled, LstmdetError
 from lstmdet.fileio import atomic_write_json, prepare_folder, remove_outputs
@@ -223,13 +228,14 @@ def detect(
     should_stop: Callable[[], bool] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Detect objects in every image of a folder (or in one file), streaming results to ``out``.
+    """Detect objects in every image and video of a folder (or in one file), streaming results to ``out``.
 
     Args:
-        src: Image file or folder (searched recursively). In ``sequence`` mode: a folder with one
-            sub-folder of frames per video.
+        src: Image or video file, or a folder (searched recursively) of images and videos. In
+            ``sequence`` mode: a folder with one sub-folder of frames per video (video files too).
         out: Output folder: ``detections.jsonl``, ``images.json``, ``coco_results.json``,
-            ``summary.json``, ``options.json`` and, with ``save_images``, ``images/``.
+            ``summary.json``, ``options.json`` and, with ``save_images``, ``images/``, with
+            ``save_video``, ``videos/``.
         weights: Checkpoint file; ``None`` uses ``model``, else the default model shipped with lstmdet.
         model: An already built detection model (instead of ``weights``).
         resume: Keep the lines of an interrupted run in ``out`` and process only the other files;
@@ -252,14 +258,17 @@ def detect(
             per-class NMS, at ``nms_thresh``: one box per object), ``device`` (``auto``, ``cpu``,
             ``cuda[:N]``), ``half`` (float16 autocast, CUDA only), ``save_images`` (annotated copies under
             ``out/images/``), ``sequence`` (video mode, see the module docstring), ``max_pixels``
-            (largest ``width * height`` read; larger files become error lines undecoded).
+            (largest ``width * height`` read; larger files become error lines undecoded); for
+            video files (see :mod:`lstmdet.engine.detect_video`) ``vid_stride``, ``start``,
+            ``end`` (seconds, exclusive), ``max_frames`` (per video) and ``save_video``.
 
     Returns:
         The ``summary.json`` dict: ``images``, ``ok``, ``failed``, ``detections``, ``seconds`` (the
         whole call), ``images_per_s`` (files per second through the pipeline in this call: decoding,
         model and writing, from the first batch to the last line; model loading excluded),
-        ``resumed`` (lines kept from an earlier run), the weights and their SHA-256, the device and
-        the options used.
+        ``resumed`` (files kept from an earlier run), the weights and their SHA-256, the device and
+        the options used; with video files also ``videos``, ``frames`` (frames with detections)
+        and ``fps`` (frames per second through the video loop: decoding, model and writing).
 
     Raises:
         LstmdetError: SRC missing or empty, bad checkpoint, bad option, ``out`` already holding a
@@ -287,16 +296,28 @@ def detect(
     with head_options(detector, opts) as run_options:
         prepare_folder(out, "--out")
         record = options_record(run_options, detector.identity["weights"], opts)
-        done, keep = _start(out, run_options, record, resume)
-        processed, loop_seconds = detect_files(
-            detector, inputs, jsonl, opts, out=out, resumed=(done, keep), progress=progress, should_stop=should_stop
-        )
-        counts = finalize(out, inputs.names)
+        done, keep = _start(out, run_options, record, resume, set(inputs.video_files))
+        if inputs.names:
+            processed, loop_seconds = detect_files(
+                detector, inputs, jsonl, opts, out=out, resumed=(done, keep), progress=progress,
+                should_stop=should_stop,
+            )  # fmt: skip
+        else:
+            JsonlAppender(jsonl, keep).close()  # cut what an interrupted run left after its last whole video
+            processed, loop_seconds = 0, 0.0
+        fps = None
+        if inputs.video_files:
+            _, frames, video_seconds = detect_videos(
+                _runner(detector, opts), inputs, jsonl, opts, out=out, done=done, progress=progress,
+                should_stop=should_stop,
+            )  # fmt: skip
+            fps = frames / video_seconds if video_seconds > 0 else 0.0
+        counts = finalize(out, inputs.files, videos=bool(inputs.video_files))
     seconds = time.perf_counter() - started
     summary = summary_record(
         detector.identity, detector.model.classes, str(detector.device), inputs, opts, run_options, counts,
         seconds=seconds, images_per_s=processed / loop_seconds if loop_seconds > 0 else 0.0,
-        resumed=sum(name in done for name in inputs.names),
+        resumed=sum(name in done for name in inputs.files), fps=fps,
     )  # fmt: skip
     atomic_write_json(out / SUMMARY, summary)
     return summary
@@ -349,14 +370,18 @@ def detect_files(
         persistent_workers=False,
     )
     keep_freed_memory()
-    agnostic_iou = getattr(detector.model.head, "nms_thresh", AGNOSTIC_IOU) if opts.agnostic_nms else None
-    runner = _Runner(detector.model, detector.device, opts.half and cuda, agnostic_iou)
+    runner = _runner(detector, opts)
     started = time.perf_counter()
     written = _process(
         runner, loader, inputs, jsonl, out, resumed,
         stateful=stateful, save_images=opts.save_images, progress=progress, should_stop=should_stop,
     )  # fmt: skip
     return written, time.perf_counter() - started
+
+
+def _runner(detector: Detector, opts: DetectOptions) -> _Runner:
+    agnostic_iou = getattr(detector.model.head, "nms_thresh", AGNOSTIC_IOU) if opts.agnostic_nms else None
+    return _Runner(detector.model, detector.device, opts.half and detector.device.type == "cuda", agnostic_iou)
 
 
 def summary_record(
@@ -371,6 +396,7 @@ def summary_record(
     seconds: float,
     images_per_s: float,
     resumed: int,
+    fps: float | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` dict of a finished run (see :func:`detect`).
 
@@ -384,7 +410,8 @@ def summary_record(
         counts: ``ok``, ``failed`` and ``detections`` from :func:`~lstmdet.engine.writers.finalize`.
         seconds: Wall time of the run.
         images_per_s: Throughput to report.
-        resumed: Lines kept from an earlier run.
+        resumed: Files kept from an earlier run.
+        fps: Video frames per second, for a run with video files.
     """
     summary = {
         "images": len(inputs.names),
@@ -398,8 +425,10 @@ def summary_record(
         **{k: v for k, v in run_options.items() if k != "weights_sha256"},
         "workers": opts.loader_workers(device),
     }
-    if opts.sequence:
-        summary["videos"] = len(set(inputs.videos or ()))
+    if opts.sequence or inputs.video_files:
+        summary["videos"] = len(set(inputs.videos or ())) + len(inputs.video_files)
+    if inputs.video_files:
+        summary["fps"] = round(fps or 0.0, 2)
     return summary
 
 
@@ -422,20 +451,17 @@ def _record(
         head.update(video=inputs.videos[index], frame_index=inputs.frames[index])
     if isinstance(result, str) or image is None:
         return {**head, "error": str(result)}
-    height, width = size if size is not None else image.shape[-2:]
-    decoded_h, decoded_w = image.shape[-2:]
-    if (decoded_h, decoded_w) != (height, width):
-        sx, sy = width / decoded_w, height / decoded_h
-        result = {**result, "boxes": result["boxes"] * torch.tensor([sx, sy, sx, sy])}
-    record = detection_record(inputs.names[index], int(width), int(height), result, model.classes, model.category_ids)
-    return {**head, **record}
+    decoded = tuple(image.shape[-2:])
+    return {**head, **scaled_record(inputs.names[index], decoded, size, result, model.classes, model.category_ids)}
 
 
-def _start(out: Path, options: dict[str, Any], record: dict[str, Any], resume: bool) -> tuple[set[str], int]:
+def _start(
+    out: Path, options: dict[str, Any], record: dict[str, Any], resume: bool, videos: set[str]
+) -> tuple[set[str], int]:
     """Write ``options.json`` (``record``) after checking ``options``, the run's identity, against the
-    first run's on resume; returns the lines to keep."""
+    first run's on resume; returns the lines to keep (a video possibly cut short is not kept)."""
     path = out / OPTIONS
-    done, keep = read_done(out / DETECTIONS) if resume else (set(), 0)
+    done, keep = read_done(out / DETECTIONS, videos) if resume else (set(), 0)
     if done and path.is_file():
         first = json.loads(path.read_text(encoding="utf-8"))
         # a key the first run did not record is an option its lstmdet did not have (e.g. agnostic_nms): off then
@@ -454,18 +480,20 @@ def remove_previous_run(out: Path, inputs: Inputs) -> None:
     """``--exist-ok``: remove the files a previous run wrote in ``out`` (:data:`~lstmdet.engine.writers.OUTPUTS`).
 
     Raises:
-        LstmdetError: Inputs of this run lie inside ``out/images/``, which would be removed.
+        LstmdetError: Inputs of this run lie inside ``out/images/`` or ``out/videos/``, which would be removed.
     """
-    annotated = (out / ANNOTATED).resolve()
     root = inputs.root.resolve()
-    inside = root == annotated or annotated in root.parents
-    if not inside and root in annotated.parents:
-        prefix = annotated.relative_to(root).as_posix() + "/"
-        inside = any(name.startswith(prefix) for name in inputs.names)
-    if inside:
-        raise LstmdetError(
-            f"--exist-ok would remove {out / ANNOTATED}, but images to detect lie inside it; choose another --out"
-        )
+    for folder in (ANNOTATED, ANNOTATED_VIDEOS):
+        annotated = (out / folder).resolve()
+        inside = root == annotated or annotated in root.parents
+        if not inside and root in annotated.parents:
+            prefix = annotated.relative_to(root).as_posix() + "/"
+            inside = any(name.startswith(prefix) for name in inputs.files)
+        if inside:
+            raise LstmdetError(
+                f"--exist-ok would remove {out / folder}, but {'images' if folder == ANNOTATED else 'files'} to "
+                "detect lie inside it; choose another --out"
+            )
     remove_outputs(out, OUTPUTS)
 
 

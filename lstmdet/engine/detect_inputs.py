@@ -1,7 +1,8 @@
 """The input side of batch detection: which files, in which order, decoded how, in which batches.
 
 * :func:`list_inputs` lists SRC (a folder searched recursively, or one file) in a fixed order; in
-  sequence mode it groups the frames by video folder.
+  sequence mode it groups the frames by video folder. Video files (and animated GIFs) are listed
+  apart: :mod:`lstmdet.engine.detect_video` runs them after the images.
 * :class:`ImageFiles` is the loader's dataset: each item is decoded with
   :func:`~lstmdet.data.images.read_image` (pixel limit checked on the header, EXIF applied, any
   mode to RGB), or is the reason it could not be.
@@ -15,13 +16,15 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lstmdet.data.images import IMAGE_EXTENSIONS, ImageReadError, find_images, read_image_sized
+from lstmdet.data.video import VIDEO_EXTENSIONS, is_animated_gif, is_video_file
 from lstmdet.errors import LstmdetError
 from lstmdet.transforms import resize_for_detection
 
@@ -35,40 +38,61 @@ class Inputs:
         names: Paths relative to ``root``, ``/``-separated (the ``file`` of each line).
         videos: Sequence mode: each file's video folder relative to SRC (``"."`` for SRC itself).
         frames: Sequence mode: each file's index among its video's frames.
+        video_files: Video files (and animated GIFs) relative to ``root``, sorted; they follow
+            the images in the output.
     """
 
     root: Path
     names: list[str]
     videos: list[str] | None = None
     frames: list[int] | None = None
+    video_files: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        """Every input in output order: the images (input order), then the video files."""
+        return self.names + self.video_files
 
 
 def list_inputs(src: str | Path, out: str | Path, *, sequence: bool = False) -> Inputs:
-    """The image files of SRC in input order.
+    """The image and video files of SRC in input order.
 
     A folder is searched recursively (sorted, extensions in any case, hidden entries skipped,
     symbolic links followed without loops, the ``out`` folder left out when it lies inside SRC);
-    a file is taken as it is.
+    a file is taken as it is. Files with :data:`~lstmdet.data.video.VIDEO_EXTENSIONS` and GIFs
+    with more than one frame are videos (:attr:`Inputs.video_files`); the rest are images.
 
     Raises:
-        LstmdetError: SRC is missing or holds no image files; in sequence mode, SRC is a file or no
-            sub-folder of SRC holds frames (all images lie directly in SRC: not one folder per video).
+        LstmdetError: SRC is missing or holds no image or video files; in sequence mode, SRC is an
+            image file, or no sub-folder of SRC holds frames (all images lie directly in SRC: not
+            one folder per video).
     """
     src = Path(src)
     if src.is_file():
+        if is_video_file(src):
+            return Inputs(src.parent, [], video_files=[src.name])
         if sequence:
-            raise LstmdetError(f"--sequence needs a folder with one sub-folder of frames per video; {src} is a file")
+            raise LstmdetError(
+                f"--sequence needs a folder with one sub-folder of frames per video, or a video file; {src} is an "
+                "image file"
+            )
         return Inputs(src.parent, [src.name])
     if not src.is_dir():
-        raise LstmdetError(f"SRC {src} does not exist; give an image file or a folder of images")
-    names = [p.relative_to(src).as_posix() for p in find_images(src)]
+        raise LstmdetError(f"SRC {src} does not exist; give an image or video file, or a folder of them")
+    names = [p.relative_to(src).as_posix() for p in find_images(src, extensions=IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
     with contextlib.suppress(ValueError):  # ValueError: out is not inside src
         inside = Path(out).resolve().relative_to(src.resolve()).as_posix() + "/"
         names = [name for name in names if not name.startswith(inside)]
     if not names:
-        raise LstmdetError(f"no image files in {src} (extensions {', '.join(IMAGE_EXTENSIONS)}, any case)")
-    if not sequence:
-        return Inputs(src, names)
+        raise LstmdetError(
+            f"no image or video files in {src} (extensions {', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}, any case)"
+        )
+    video_files = [name for name in names if _is_video_name(src, name)]
+    if video_files:
+        is_video = set(video_files)
+        names = [name for name in names if name not in is_video]
+    if not sequence or not names:
+        return Inputs(src, names, video_files=video_files)
     by_video: dict[str, list[str]] = defaultdict(list)
     for name in names:
         folder, _, _ = name.rpartition("/")
@@ -79,13 +103,39 @@ def list_inputs(src: str | Path, out: str | Path, *, sequence: bool = False) -> 
             "directly in it. Put each video's frames in a sub-folder of their own (SRC/VIDEO/FRAME.png), or leave "
             "out --sequence to detect the images one by one"
         )
-    inputs = Inputs(src, [], [], [])
+    inputs = Inputs(src, [], [], [], video_files=video_files)
     for video in sorted(by_video, key=lambda v: Path(v).parts):
         frames = by_video.pop(video)
         inputs.names.extend(frames)
         inputs.videos.extend([video] * len(frames))  # one shared string per video
         inputs.frames.extend(range(len(frames)))
     return inputs
+
+
+def _is_video_name(root: Path, name: str) -> bool:
+    suffix = Path(name).suffix.lower()
+    return suffix in VIDEO_EXTENSIONS or (suffix == ".gif" and is_animated_gif(root / name))
+
+
+def model_input(array: np.ndarray, *, uint8: bool, fit: tuple[int, int] | None) -> torch.Tensor:
+    """An RGB array as the model takes it (the one conversion of images and video frames).
+
+    Args:
+        array: ``(H, W, 3)`` uint8 RGB.
+        uint8: Keep ``uint8`` (converted on the GPU, 4x less to copy) instead of float.
+        fit: The model's ``(size, max_size)``: float images are resized to the model's input size
+            here, exactly as the model would (:func:`~lstmdet.transforms.resize_for_detection`).
+
+    Returns:
+        ``(3, H', W')`` uint8, or float in ``[0, 1]``.
+    """
+    image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    if uint8:
+        return image
+    image = image.float().div_(255.0)
+    if fit is not None:
+        image = resize_for_detection(image, *fit)
+    return image
 
 
 class ImageFiles(Dataset):
@@ -121,13 +171,7 @@ class ImageFiles(Dataset):
             return index, None, exc.reason, None
         except Exception as exc:  # e.g. MemoryError on a huge but allowed image: an error line, not a crash
             return index, None, f"cannot decode the image ({type(exc).__name__}: {exc})", None
-        image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-        if self.uint8:
-            return index, image, None, size
-        image = image.float().div_(255.0)
-        if self.fit is not None:
-            image = resize_for_detection(image, *self.fit)
-        return index, image, None, size
+        return index, model_input(array, uint8=self.uint8, fit=self.fit), None, size
 
 
 def as_list(batch: list) -> list:

@@ -44,6 +44,10 @@ class DetectOptions:
     A queued detect job carries these as JSON (:meth:`to_json`), so a worker runs exactly what
     ``lstmdet detect`` would. ``score_thresh=None`` means :data:`DEFAULT_CONF` for a head with a
     ``score_thresh``; ``nms_thresh`` and ``max_detections`` ``None`` keep the head's.
+
+    Video files: ``vid_stride`` (every N-th frame), ``start`` / ``end`` (seconds, ``end``
+    exclusive), ``max_frames`` (per video) select the frames; ``save_video`` writes annotated
+    MP4s. They change nothing for images.
     """
 
     batch_size: int = 8
@@ -57,6 +61,11 @@ class DetectOptions:
     save_images: bool = False
     sequence: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    vid_stride: int = 1
+    start: float | None = None
+    end: float | None = None
+    max_frames: int | None = None
+    save_video: bool = False
 
     def __post_init__(self) -> None:
         check_int(self.batch_size, "batch_size (--batch-size)", "detect", minimum=1)
@@ -69,6 +78,19 @@ class DetectOptions:
                 check_float(value, name, "detect", low=0.0, high=1.0)
         if self.max_detections is not None:
             check_int(self.max_detections, "max_detections (--max-det)", "detect", minimum=1)
+        check_int(self.vid_stride, "vid_stride (--vid-stride)", "detect", minimum=1)
+        check_bool(self.save_video, "save_video (--save-video)", "detect")
+        if self.max_frames is not None:
+            check_int(self.max_frames, "max_frames (--max-frames)", "detect", minimum=1)
+        if self.start is not None:
+            check_float(self.start, "start (--start)", "detect", low=0.0)
+        if self.end is not None:
+            check_float(self.end, "end (--end)", "detect", low=0.0, low_open=True)
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise LstmdetError(
+                f"detect: --start ({self.start} s) must come before --end ({self.end} s); --end is the first time "
+                "not processed"
+            )
         object.__setattr__(self, "device", str(self.device))
 
     @classmethod
@@ -144,6 +166,8 @@ FLAGS = {
     "batch_size": "--batch-size", "workers": "--workers", "score_thresh": "--conf", "nms_thresh": "--iou",
     "max_detections": "--max-det", "agnostic_nms": "--agnostic-nms", "device": "--device", "half": "--half",
     "save_images": "--save-images", "sequence": "--sequence", "max_pixels": "--max-pixels", "weights": "--weights",
+    "vid_stride": "--vid-stride", "start": "--start", "end": "--end", "max_frames": "--max-frames",
+    "save_video": "--save-video",
 }  # fmt: skip
 
 

@@ -132,7 +132,8 @@ def plan_shards(
         job: The owning job's id.
 
     Raises:
-        LstmdetError: ``out`` already holds detections or another job's plan; SRC has no images.
+        LstmdetError: ``out`` already holds detections or another job's plan; SRC has no images, or
+            holds video files (queued jobs read images only).
     """
     out = Path(out)
     if shard_size < 1:
@@ -145,6 +146,11 @@ def plan_shards(
     if (out / DETECTIONS).exists():
         raise LstmdetError(f"{out} already holds detections ({DETECTIONS}); choose another --out")
     inputs = list_inputs(src, out, sequence=opts.sequence)
+    if inputs.video_files:
+        raise LstmdetError(
+            f"queued detect jobs do not read video files yet, and {src} holds {len(inputs.video_files)} (e.g. "
+            f"{inputs.video_files[0]!r}); run `lstmdet detect` on them in process, or submit a folder of images"
+        )
     with head_options(detector, opts) as run_options:
         pass
     stateful = opts.sequence and detector.model.stateful

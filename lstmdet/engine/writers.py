@@ -1,11 +1,15 @@
 """Output files of batch detection (``lstmdet detect``), written so that memory stays flat.
 
-``detections.jsonl`` is the one file written as the run goes: one JSON line per input file, in
-input order, appended and flushed batch by batch. Everything else is derived from it at the end by
-:func:`finalize`, which streams it line by line (no per-image results are held in memory):
+``detections.jsonl`` is the one file written as the run goes: one JSON line per input image, in
+input order, then one line per processed frame of each video file (``frame_index`` and
+``timestamp`` added), appended and flushed batch by batch. Everything else is derived from it at
+the end by :func:`finalize`, which streams it line by line (no per-image results are held in memory):
 
 * ``images.json``: the COCO ``images`` entries (``id`` 1..N in input order over the files that
-  could be read, ``file_name``, ``width``, ``height``);
+  could be read, ``file_name``, ``width``, ``height``). A run with video files writes
+  ``{"images": [...], "videos": [...]}`` instead, COCO-VID style: frame entries add ``video_id``,
+  ``frame_id`` (the frame index) and ``timestamp``, and ``videos`` lists ``{"id", "name", "width",
+  "height", "frames"}`` (one entry per video with readable frames);
 * ``coco_results.json``: the COCO results list (``image_id``, ``category_id``, ``bbox`` ``[x, y, w,
   h]``, ``score``) that ``pycocotools.COCO.loadRes`` takes as it is.
 
@@ -16,14 +20,14 @@ without ids), so results score against the right categories of that file.
 Final files are written to a temporary name and renamed into place (:mod:`lstmdet.fileio`), so a
 reader never sees half a file. :func:`read_done` reads back the lines of an interrupted run for
 ``--resume``. :class:`AnnotatedImageWriter` draws boxes, class names and scores on copies of the
-images in background threads.
+images in background threads (annotated videos: :mod:`lstmdet.engine.detect_video`).
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +50,10 @@ SUMMARY = "summary.json"
 OPTIONS = "options.json"
 #: Folder of annotated copies (``--save-images``).
 ANNOTATED = "images"
+#: Folder of annotated videos (``--save-video``).
+ANNOTATED_VIDEOS = "videos"
 #: Everything a run writes in its output folder: what ``--exist-ok`` removes before running again.
-OUTPUTS = (DETECTIONS, IMAGES, RESULTS, SUMMARY, OPTIONS, ANNOTATED)
+OUTPUTS = (DETECTIONS, IMAGES, RESULTS, SUMMARY, OPTIONS, ANNOTATED, ANNOTATED_VIDEOS)
 #: Decimals kept in the files: boxes to 1/1000 pixel, scores to 1e-5.
 BOX_DECIMALS, SCORE_DECIMALS = 3, 5
 
@@ -96,6 +102,33 @@ def detection_record(
     return {"file": file, "width": width, "height": height, "detections": detections}
 
 
+def scaled_record(
+    file: str,
+    decoded: tuple[int, int],
+    size: tuple[int, int] | None,
+    prediction: dict[str, Any],
+    classes: Sequence[str],
+    category_ids: Sequence[int] | None = None,
+) -> dict:
+    """:func:`detection_record` of a prediction made on a decoded (possibly reduced) image.
+
+    Args:
+        file: Path relative to SRC.
+        decoded: ``(H', W')`` of the image the model saw (the loader may have shrunk it).
+        size: Full displayed ``(H, W)`` of the file, or ``None`` when it is ``decoded``; boxes are
+            scaled from ``decoded`` pixels to these.
+        prediction: ``boxes`` ``(N, 4)`` xyxy, ``scores`` ``(N,)``, ``labels`` ``(N,)`` (CPU).
+        classes: Class names, by label.
+        category_ids: COCO category id of each label, or ``None``.
+    """
+    height, width = size if size is not None else decoded
+    decoded_h, decoded_w = decoded
+    if (decoded_h, decoded_w) != (height, width):
+        sx, sy = width / decoded_w, height / decoded_h
+        prediction = {**prediction, "boxes": prediction["boxes"] * torch.tensor([sx, sy, sx, sy])}
+    return detection_record(file, int(width), int(height), prediction, classes, category_ids)
+
+
 class JsonlAppender:
     """Appends records to ``detections.jsonl`` after its first ``keep`` bytes (the rest is cut off).
 
@@ -139,8 +172,14 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
             offset += len(line)
 
 
-def read_done(path: Path) -> tuple[set[str], int]:
+def read_done(path: Path, open_ended: Container[str] = ()) -> tuple[set[str], int]:
     """The files an earlier run recorded in ``detections.jsonl``, for ``--resume``.
+
+    Args:
+        path: The file.
+        open_ended: Files with one line per frame (videos): when the valid lines end with such a
+            file's frames, it may have been cut short, so its lines are dropped (it is run again).
+            A file whose last line is a file-level ``error`` (no ``frame_index``) is complete.
 
     Returns:
         ``(files, keep)``: the ``file`` of every complete, valid line before the first torn or
@@ -149,77 +188,109 @@ def read_done(path: Path) -> tuple[set[str], int]:
     if not path.is_file():
         return set(), 0
     done: set[str] = set()
-    keep = 0
+    keep = run_start = 0
+    last: dict[str, Any] = {}
     for offset, line, record in _lines(path):
+        if record["file"] != last.get("file"):
+            run_start = offset
         done.add(record["file"])
-        keep = offset + len(line)
+        keep, last = offset + len(line), record
+    if last.get("file") in open_ended and "frame_index" in last:
+        done.discard(last["file"])
+        keep = run_start
     return done, keep
 
 
 def _put_in_order(path: Path, files: Sequence[str]) -> None:
-    """Rewrite ``detections.jsonl`` with exactly one line per entry of ``files``, in that order.
+    """Rewrite ``detections.jsonl`` with the lines of ``files`` in that order (a video's lines together).
 
     Needed only after a ``--resume`` whose earlier run did not write a prefix of the inputs; a file
-    already in order is left untouched.
+    already in order is left untouched. The lines of a file are its first run of consecutive lines.
     """
-    offsets: dict[str, int] = {}
-    in_order = True
-    for position, (offset, _line, record) in enumerate(_lines(path)):
-        in_order = in_order and position < len(files) and record["file"] == files[position]
-        offsets.setdefault(record["file"], offset)
-    if in_order and len(offsets) == len(files):
+    spans: dict[str, list[int]] = {}  # file -> [start, end) bytes of its first run of lines
+    in_order, position, previous = True, 0, None
+    for offset, line, record in _lines(path):
+        file = record["file"]
+        if file == previous:
+            if spans[file][1] == offset:
+                spans[file][1] = offset + len(line)
+            continue
+        in_order = in_order and position < len(files) and file == files[position]
+        position, previous = position + 1, file
+        spans.setdefault(file, [offset, offset + len(line)])
+    if in_order and position == len(files) == len(spans):
         return
-    missing = [f for f in files if f not in offsets]
+    missing = [f for f in files if f not in spans]
     if missing:
         raise LstmdetError(f"{path} has no line for {len(missing)} input files (e.g. {missing[0]!r}); run again")
     with path.open("rb") as src, atomic_open(path, "wb") as dst:
         for file in files:
-            src.seek(offsets[file])
-            dst.write(src.readline())
+            start, end = spans[file]
+            src.seek(start)
+            dst.write(src.read(end - start))
 
 
 class _JsonArray:
-    """Writes a JSON array one element at a time."""
+    """Writes a JSON array one element at a time (after ``prefix``, e.g. ``'{"images": '``)."""
 
-    def __init__(self, f: IO[str]) -> None:
+    def __init__(self, f: IO[str], prefix: str = "") -> None:
         self.f, self.count = f, 0
-        f.write("[")
+        f.write(prefix + "[")
 
     def add(self, item: dict[str, Any]) -> None:
         self.f.write(("\n" if self.count == 0 else ",\n") + json.dumps(item))
         self.count += 1
 
-    def close(self) -> None:
-        self.f.write("\n]\n" if self.count else "]\n")
+    def close(self, end: str = "\n") -> None:
+        self.f.write(("\n]" if self.count else "]") + end)
 
 
-def finalize(out: Path, files: Sequence[str]) -> dict[str, int]:
+def finalize(out: Path, files: Sequence[str], *, videos: bool = False) -> dict[str, int]:
     """Write ``images.json`` and ``coco_results.json`` from ``detections.jsonl``, streaming.
 
     Args:
-        out: Output folder holding ``detections.jsonl`` with one line for each of ``files``.
-        files: Every input file (relative name) in input order; the jsonl is put in this order.
+        out: Output folder holding ``detections.jsonl`` with the lines of each of ``files``.
+        files: Every input file (relative name) in output order; the jsonl is put in this order.
+        videos: The run has video files: ``images.json`` is ``{"images": [...], "videos": [...]}``
+            (see the module docstring); else the plain ``images`` array.
 
     Returns:
-        ``{"ok", "failed", "detections"}`` counts.
+        ``{"ok", "failed", "detections"}`` counts (lines without and with ``error``, boxes) and,
+        with ``videos``, ``frames`` (the video frames among the ``ok`` lines).
     """
     path = out / DETECTIONS
     _put_in_order(path, files)
     ok = failed = 0
+    listed: dict[str, dict[str, Any]] = {}  # video file -> its ``videos`` entry (one per video)
     with atomic_open(out / IMAGES) as images_file, atomic_open(out / RESULTS) as results_file:
-        images, results = _JsonArray(images_file), _JsonArray(results_file)
+        images, results = _JsonArray(images_file, '{"images": ' if videos else ""), _JsonArray(results_file)
         for _offset, _line, record in _lines(path):
             if "error" in record:
                 failed += 1
                 continue
             ok += 1
-            images.add({"id": ok, "file_name": record["file"], "width": record["width"], "height": record["height"]})
+            entry = {"id": ok, "file_name": record["file"], "width": record["width"], "height": record["height"]}
+            if "timestamp" in record:  # a frame of a video file
+                video = listed.setdefault(record["file"], {"id": len(listed) + 1, "name": record["file"],
+                                                           "width": record["width"], "height": record["height"],
+                                                           "frames": 0})  # fmt: skip
+                video["frames"] += 1
+                entry.update(video_id=video["id"], frame_id=record["frame_index"], timestamp=record["timestamp"])
+            images.add(entry)
             for det in record["detections"]:
                 results.add({"image_id": ok, "category_id": det["category_id"], "bbox": det["bbox"],
                              "score": det["score"]})  # fmt: skip
-        images.close()
+        if videos:
+            images.close(end="")
+            entries = _JsonArray(images_file, ',\n"videos": ')
+            for video in listed.values():
+                entries.add(video)
+            entries.close(end="}\n")
+        else:
+            images.close()
         results.close()
-    return {"ok": ok, "failed": failed, "detections": results.count}
+    counts = {"ok": ok, "failed": failed, "detections": results.count}
+    return {**counts, "frames": sum(video["frames"] for video in listed.values())} if videos else counts
 
 
 def annotated_path(out: Path, file: str) -> Path:
@@ -230,6 +301,12 @@ def annotated_path(out: Path, file: str) -> Path:
     """
     suffix = Path(file).suffix.lower()
     return out / ANNOTATED / (file if suffix in (".jpg", ".jpeg", ".png") else f"{file}.png")
+
+
+def annotated_video_path(out: Path, file: str) -> Path:
+    """Where ``--save-video`` puts the annotated copy of video ``file``: ``out/videos/<file>``, with
+    ``.mp4`` appended unless it ends so (``a.mkv`` -> ``a.mkv.mp4``: two inputs never share an output)."""
+    return out / ANNOTATED_VIDEOS / (file if Path(file).suffix.lower() == ".mp4" else f"{file}.mp4")
 
 
 @dataclass(frozen=True)

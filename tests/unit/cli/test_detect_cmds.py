@@ -20,3 +20,34 @@ def test_help_documents_the_defaults(capsys):
     assert main(["detect", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "default 0.25" in text and "--agnostic-nms" in text
+
+
+def test_video_options_reach_detect_and_not_submit(capsys):
+    args = build_parser().parse_args(
+        ["detect", "src", "--out", "out", "--vid-stride", "2", "--start", "1.5", "--end", "4", "--max-frames", "9",
+         "--save-video"]
+    )  # fmt: skip
+    assert {k: detect_options(args)[k] for k in ("vid_stride", "start", "end", "max_frames", "save_video")} == {
+        "vid_stride": 2, "start": 1.5, "end": 4.0, "max_frames": 9, "save_video": True,
+    }  # fmt: skip
+    assert not {"vid_stride", "start", "end", "max_frames", "save_video"} & set(
+        detect_options(build_parser().parse_args(["detect", "src", "--out", "out"]))
+    )
+    assert main(["submit", "detect", "src", "--out", "out", "--save-video"]) == 2  # queued jobs read images only
+    assert "--save-video" in capsys.readouterr().err
+
+
+def test_detect_on_a_video_prints_frames_and_exits_1_on_a_bad_one(tmp_path, capsys):
+    from helpers import digit_clip, encode_video, save_tiny
+
+    weights = save_tiny(tmp_path / "tiny.pt")
+    (tmp_path / "src").mkdir()
+    encode_video(tmp_path / "src" / "clip.mp4", digit_clip(4, size=32), 10)
+    assert main(["detect", str(tmp_path / "src"), "--weights", str(weights), "--out", str(tmp_path / "out"),
+                 "--quiet", "--workers", "0", "--save-video"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "videos/" in out and "videos: 1 (4 frames" in out
+    (tmp_path / "src" / "bad.webm").write_text("no video here\n")
+    assert main(["detect", str(tmp_path / "src"), "--weights", str(weights), "--out", str(tmp_path / "out2"),
+                 "--quiet", "--workers", "0"]) == 1  # fmt: skip
+    assert "could not be read" in capsys.readouterr().err

@@ -84,6 +84,14 @@ CASES: list[tuple[list[str], dict[str, str]]] = [
     (["detect", "{images}", "--out", "{o}", "--max-pixels", "0"], {}),
     (["detect", "{images}", "--out", "{o}", "--max-det", "-1"], {}),
     (["detect", "{images}"], {}),
+    (["detect", "{images}", "--out", "{o}", "--vid-stride", "0"], {}),
+    (["detect", "{images}", "--out", "{o}", "--vid-stride", "x"], {}),
+    (["detect", "{images}", "--out", "{o}", "--start", "-1"], {}),
+    (["detect", "{images}", "--out", "{o}", "--end", "0"], {}),
+    (["detect", "{images}", "--out", "{o}", "--end", "nan"], {}),
+    (["detect", "{images}", "--out", "{o}", "--max-frames", "-2"], {}),
+    (["detect", "{images}", "--out", "{o}", "--start", "5", "--end", "2"], {}),
+    (["submit", "detect", "{images}", "--out", "{o}", "--vid-stride", "2"], {}),  # queued jobs read no videos yet
     # data digits-det / digits-video
     (["data", "digits-det", "{afile}", "--images", "1"], {}),
     (["data", "digits-det", "{afile}/sub", "--images", "1"], {}),
@@ -169,6 +177,7 @@ CASES: list[tuple[list[str], dict[str, str]]] = [
 #: Some of CASES again, through the installed ``lstmdet`` script: the exit statuses hold end to end.
 CONSOLE_CASES = [
     (["detect", "{images}", "--weights", "{fake_pt}", "--out", "{o}"], {}),
+    (["detect", "{images}", "--out", "{o}", "--start", "5", "--end", "2"], {}),
     (["model", "{good}", "--frames", "0"], {}),
     (["plugins"], {"LSTMDET_DISABLE_PLUGINS": "nosuch"}),
     (["jobs", "list"], NOT_REDIS),

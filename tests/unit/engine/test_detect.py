@@ -375,7 +375,7 @@ def test_single_file_and_usage_errors(tmp_path, weights):
     with pytest.raises(LstmdetError, match="does not exist"):
         run(tmp_path / "missing", tmp_path / "o1", weights)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LstmdetError, match="no image files"):
+    with pytest.raises(LstmdetError, match="no image or video files"):
         run(tmp_path / "empty", tmp_path / "o2", weights)
     with pytest.raises(LstmdetError, match="--conf"):
         run(tmp_path / "one.jpg", tmp_path / "o3", weights, score_thresh=1.5)

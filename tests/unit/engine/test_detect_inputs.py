@@ -66,14 +66,34 @@ def test_sequence_mode_groups_frames_by_video_folder(tmp_path):
 
 
 def test_listing_errors_say_what_to_give(tmp_path):
-    with pytest.raises(LstmdetError, match="does not exist; give an image file or a folder of images"):
+    with pytest.raises(LstmdetError, match="does not exist; give an image or video file, or a folder of them"):
         list_inputs(tmp_path / "missing", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
-    with pytest.raises(LstmdetError, match=r"no image files in .*empty \(extensions \.jpg, \.jpeg"):
+    with pytest.raises(LstmdetError, match=r"no image or video files in .*empty \(extensions \.jpg, \.jpeg.*\.mp4"):
         list_inputs(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(LstmdetError, match="--sequence needs a folder"):
         list_inputs(image(tmp_path / "one.png"), tmp_path / "out", sequence=True)
+
+
+def test_video_files_are_listed_apart_after_the_images(tmp_path):
+    for name in ("b.png", "still.gif", "a/f.jpg"):
+        image(tmp_path / name)
+    frames = [Image.fromarray(np.full((8, 8, 3), 40 * t, np.uint8)) for t in range(3)]
+    frames[0].save(tmp_path / "a" / "moving.gif", save_all=True, append_images=frames[1:], duration=100)
+    for name in ("z.mp4", "c.MKV", "a/d.webm", "e.avi", "f.mov", "g.m4v"):
+        (tmp_path / name).write_bytes(b"")  # listed by extension; reading them is the engine's business
+    inputs = list_inputs(tmp_path, tmp_path / "out")
+    assert inputs.names == ["a/f.jpg", "b.png", "still.gif"]
+    assert inputs.video_files == ["a/d.webm", "a/moving.gif", "c.MKV", "e.avi", "f.mov", "g.m4v", "z.mp4"]
+    assert inputs.files == inputs.names + inputs.video_files
+    one = list_inputs(tmp_path / "z.mp4", tmp_path / "out", sequence=True)  # a video file is a sequence
+    assert (one.root, one.names, one.video_files) == (tmp_path, [], ["z.mp4"])
+    only = tmp_path / "only"
+    (only / "clips").mkdir(parents=True)
+    (only / "clips" / "v.mp4").write_bytes(b"")
+    for sequence in (False, True):
+        assert list_inputs(only, tmp_path / "out", sequence=sequence).files == ["clips/v.mp4"]
 
 
 def test_sequence_mode_refuses_a_folder_without_video_sub_folders(tmp_path):

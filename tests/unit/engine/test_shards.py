@@ -114,3 +114,14 @@ def test_a_shard_refuses_other_thresholds_than_the_plan(tmp_path, weights):
         run_shard(tmp_path / "job", plan, 0, detector)
     assert json.loads((shard_folder(tmp_path / "job") / "plan.json").read_text())["run_options"]["score_thresh"] == 0.2
     assert load_plan(tmp_path / "job").shards == [[0, 5]]  # 4 images + 1 broken file
+
+
+def test_a_job_refuses_video_files_with_a_message(tmp_path, weights):
+    src = folder(tmp_path / "src", 2)
+    (src / "clip.mp4").write_bytes(b"")
+    detector = open_detector(weights, device="cpu")
+    with pytest.raises(
+        LstmdetError, match=r"queued detect jobs do not read video files yet.*'clip\.mp4'.*lstmdet detect"
+    ):
+        plan_shards(src, tmp_path / "job", detector, DetectOptions(workers=0), job="job-1")
+    assert not (tmp_path / "job").exists()

@@ -144,6 +144,49 @@ def test_finalize_puts_a_resumed_file_in_input_order_once_per_file(tmp_path):
     assert [(r["file"], r["width"]) for r in lines] == [("a.png", 1), ("b.png", 2), ("c.png", 3)]
 
 
+def frame(file: str, index: int, detections: list[dict] | None = None) -> dict:
+    """A ``detections.jsonl`` record of a video frame."""
+    return {"file": file, "frame_index": index, "timestamp": index / 10, **line(file, detections, 48, 32)}
+
+
+def test_video_frames_give_coco_vid_images_and_a_videos_list(tmp_path):
+    records = [line("a.png", [det(1, 2, 3, 4, 0.9, 1)]), frame("v.mp4", 0),
+               frame("v.mp4", 2, [det(0, 0, 5, 5, 0.5, 0)]),
+               {"file": "v.mp4", "error": "decoding stopped after frame 2"}, {"file": "w.mkv", "error": "empty"},
+               frame("x.gif", 0)]  # fmt: skip
+    write_lines(tmp_path / DETECTIONS, records)
+    counts = finalize(tmp_path, ["a.png", "v.mp4", "w.mkv", "x.gif"], videos=True)
+    assert counts == {"ok": 4, "failed": 2, "detections": 2, "frames": 3}
+    coco = json.loads((tmp_path / IMAGES).read_text())
+    assert coco["images"] == [
+        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "v.mp4", "width": 48, "height": 32, "video_id": 1, "frame_id": 0, "timestamp": 0.0},
+        {"id": 3, "file_name": "v.mp4", "width": 48, "height": 32, "video_id": 1, "frame_id": 2, "timestamp": 0.2},
+        {"id": 4, "file_name": "x.gif", "width": 48, "height": 32, "video_id": 2, "frame_id": 0, "timestamp": 0.0},
+    ]
+    assert coco["videos"] == [{"id": 1, "name": "v.mp4", "width": 48, "height": 32, "frames": 2},
+                              {"id": 2, "name": "x.gif", "width": 48, "height": 32, "frames": 1}]  # fmt: skip
+    assert [r["image_id"] for r in json.loads((tmp_path / RESULTS).read_text())] == [1, 3]
+    write_lines(tmp_path / DETECTIONS, [{"file": "w.mkv", "error": "empty"}])
+    finalize(tmp_path, ["w.mkv"], videos=True)
+    assert json.loads((tmp_path / IMAGES).read_text()) == {"images": [], "videos": []}
+
+
+def test_a_video_s_lines_move_together_and_a_video_cut_short_is_not_done(tmp_path):
+    path = write_lines(tmp_path / DETECTIONS, [frame("v.mp4", 0), frame("v.mp4", 1), line("a.png"), frame("w.mp4", 0)])
+    finalize(tmp_path, ["a.png", "v.mp4", "w.mp4"], videos=True)
+    lines = [json.loads(text) for text in path.read_text().splitlines()]
+    assert [(r["file"], r.get("frame_index")) for r in lines] == [("a.png", None), ("v.mp4", 0), ("v.mp4", 1),
+                                                                  ("w.mp4", 0)]  # fmt: skip
+    whole = path.read_bytes()
+    first_three = len(b"".join(whole.splitlines(keepends=True)[:3]))
+    assert read_done(path) == ({"a.png", "v.mp4", "w.mp4"}, len(whole))
+    assert read_done(path, {"v.mp4", "w.mp4"}) == ({"a.png", "v.mp4"}, first_three)  # w.mp4 may go on
+    with path.open("ab") as f:
+        f.write(json.dumps({"file": "w.mp4", "error": "decoding stopped"}).encode() + b"\n")
+    assert read_done(path, {"v.mp4", "w.mp4"}) == ({"a.png", "v.mp4", "w.mp4"}, path.stat().st_size)
+
+
 def test_a_file_in_order_is_left_untouched(tmp_path):
     path = write_lines(tmp_path / DETECTIONS, [line("a.png"), line("b.png")])
     before = path.stat().st_ino

@@ -1,0 +1,225 @@
+"""Video files in batch detection: frames decoded as they are needed, one ``detections.jsonl`` line each.
+
+:func:`detect_videos` runs after the images of a run (:func:`lstmdet.engine.detect.detect`), one
+video at a time in sorted order. Frames come from :func:`lstmdet.data.video.read_frames` (a
+generator: PyAV decodes with FFmpeg's threads, nothing is collected, memory stays flat for any
+length), decoded ahead in a background thread (:func:`~lstmdet.data.video.decode_ahead`: at most
+one batch waits) while the model runs, in batches of ``batch_size`` frames, converted exactly as
+image files are (:func:`~lstmdet.engine.detect_inputs.model_input`), so a frame gives the
+detections its pixels would give as an image file.
+
+State. A stateful model (e.g. a ConvLSTM encoder) sees each video frame by frame through
+:meth:`LstmdetModel.predict_step` with its state reset at the start of every video, as
+``--sequence`` does for folders of frames: the detections equal ``model.predict`` on the whole
+clip of selected frames. A stateless model runs the frames of a batch together.
+
+Lines. Each processed frame gets ``{"file", "frame_index", "timestamp", "width", "height",
+"detections"}`` (a frame the model fails on: ``{"file", "frame_index", "timestamp", "error"}``).
+A video that cannot be opened gets one ``{"file", "error"}`` line; one whose decoding stops in the
+middle keeps the lines of the frames before and then gets that error line; one without any frame
+between ``start`` and ``end`` gets an error line saying so. The run goes on with the next video.
+
+``save_video`` writes ``OUT/videos/<file>.mp4`` (:func:`~lstmdet.engine.writers.annotated_video_path`):
+the processed frames with boxes, labels and scores drawn as ``--save-images`` draws them, at the
+video's frame rate and size, H.264. An interrupted run (Ctrl-C, a cancelled job) still closes the
+video it was writing into a complete, playable file, and leaves ``detections.jsonl`` with whole
+lines only; ``--resume`` then runs that video again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Container
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from lstmdet.data.video import (
+    FALLBACK_FPS,
+    DecodedFrame,
+    VideoEncoder,
+    VideoReadError,
+    decode_ahead,
+    probe_video,
+    read_frames,
+)
+from lstmdet.engine.detect_inputs import Inputs, model_input
+from lstmdet.engine.detect_options import DetectOptions
+from lstmdet.engine.progress import progress as progress_display
+from lstmdet.engine.writers import JsonlAppender, annotated_video_path, draw_detections, scaled_record
+from lstmdet.errors import Cancelled
+
+if TYPE_CHECKING:
+    from lstmdet.engine.detect import _Runner
+
+
+class AnnotatedVideoWriter:
+    """The annotated copy of one video (``--save-video``): detections drawn on each processed frame.
+
+    The encoder opens at the first frame (its size is the video's displayed size); a later frame of
+    another size is scaled to it.
+
+    Args:
+        path: The ``.mp4`` to write (its folder is created).
+        fps: The video's frame rate.
+    """
+
+    def __init__(self, path: Path, fps: Fraction) -> None:
+        self.path, self.fps = path, fps
+        self._encoder: VideoEncoder | None = None
+
+    def write(self, frame: DecodedFrame, detections: list[dict[str, Any]]) -> None:
+        """Draw ``detections`` (``detections.jsonl`` entries) on ``frame`` and encode it."""
+        canvas = draw_detections(frame.image, detections)
+        if self._encoder is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._encoder = VideoEncoder(self.path, canvas.width, canvas.height, self.fps)
+        if canvas.size != (self._encoder.width, self._encoder.height):
+            canvas = canvas.resize((self._encoder.width, self._encoder.height), Image.BILINEAR)
+        self._encoder.write(np.asarray(canvas), frame.timestamp)
+
+    def close(self) -> None:
+        """Finish the file (nothing is written for a video without frames)."""
+        if self._encoder is not None:
+            self._encoder.close()
+
+
+def expected_frames(path: Path, opts: DetectOptions) -> int | None:
+    """About how many frames of ``path`` the options select (for the progress bar), ``None`` if unknown."""
+    try:
+        info = probe_video(path)
+    except VideoReadError:
+        return 0
+    if info.frames is None or not info.fps:
+        return None
+    first = math.ceil((opts.start or 0.0) * info.fps)
+    last = info.frames if opts.end is None else min(info.frames, math.ceil(opts.end * info.fps))
+    count = math.ceil(max(0, last - first) / opts.vid_stride)
+    return count if opts.max_frames is None else min(count, opts.max_frames)
+
+
+def detect_videos(
+    runner: _Runner,
+    inputs: Inputs,
+    jsonl: Path,
+    opts: DetectOptions,
+    *,
+    out: Path,
+    done: Container[str] = (),
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[int, int, float]:
+    """Detect the video files of ``inputs`` and append their lines to ``jsonl`` (after its content).
+
+    Args:
+        runner: Runs the model (:class:`lstmdet.engine.detect._Runner`).
+        inputs: The run's inputs; :attr:`~Inputs.video_files` are processed, in order.
+        jsonl: ``detections.jsonl``; lines are appended to what it holds.
+        opts: Run options (``batch_size``, ``vid_stride``, ``start``, ``end``, ``max_frames``,
+            ``max_pixels``, ``save_video``).
+        out: The run's output folder (annotated videos go to ``out/videos/``).
+        done: Videos whose lines an earlier run kept (skipped).
+        progress: Show a progress bar (frames/s).
+        should_stop: Checked between batches; True raises :class:`~lstmdet.errors.Cancelled`.
+
+    Returns:
+        ``(lines written, frames with detections, seconds of the loop)``.
+    """
+    todo = [name for name in inputs.video_files if name not in done]
+    estimates = [expected_frames(inputs.root / name, opts) for name in todo] if progress else [None]
+    total = None if any(e is None for e in estimates) else sum(estimates)
+    bar = progress_display(total=total, unit="frames", desc="detect videos", enabled=progress)
+    writer = JsonlAppender(jsonl, jsonl.stat().st_size if jsonl.is_file() else 0)
+    net_input = runner.model.config["model"]["input"]
+    video = _Video(runner, writer, bar, (net_input["size"], net_input["max_size"]), runner.device.type == "cuda")
+    started = time.perf_counter()
+    try:
+        for name in todo:
+            video.run(inputs.root / name, name, opts, out, should_stop)
+    finally:
+        writer.close()
+        bar.close()
+    return video.lines, video.frames, time.perf_counter() - started
+
+
+class _Video:
+    """Runs one video after another through the model, counting lines and frames."""
+
+    def __init__(self, runner: _Runner, writer: JsonlAppender, bar: Any, fit: tuple[int, int], uint8: bool) -> None:
+        self.runner, self.writer, self.bar, self.fit, self.uint8 = runner, writer, bar, fit, uint8
+        self.lines = self.frames = 0
+
+    def run(
+        self, path: Path, name: str, opts: DetectOptions, out: Path, should_stop: Callable[[], bool] | None
+    ) -> None:
+        """Detect video ``name`` (at ``path``): its frame lines, then an error line if decoding stopped."""
+        self.runner.video = None  # a fresh state for every video
+        drawer = None
+        if opts.save_video:
+            try:
+                fps = probe_video(path).fps or FALLBACK_FPS
+            except VideoReadError:
+                fps = FALLBACK_FPS  # read_frames reports the problem
+            drawer = AnnotatedVideoWriter(annotated_video_path(out, name), fps)
+        frames = decode_ahead(read_frames(path, stride=opts.vid_stride, start=opts.start, end=opts.end,
+                                          max_frames=opts.max_frames, max_pixels=opts.max_pixels),
+                              depth=opts.batch_size)  # fmt: skip
+        error, batch, written = None, [], 0
+        try:
+            while True:
+                try:
+                    batch.append(next(frames))
+                except StopIteration:
+                    break
+                except VideoReadError as exc:
+                    error = exc.reason
+                    break
+                if len(batch) == opts.batch_size:
+                    written += self._batch(name, batch, drawer, should_stop)
+                    batch = []
+            if batch:
+                written += self._batch(name, batch, drawer, should_stop)
+            if error is None and written == 0:
+                window = f"between --start {opts.start or 0} s and --end {opts.end} s" if opts.end else (
+                    f"at or after --start {opts.start} s" if opts.start else "")  # fmt: skip
+                error = f"the video has no frame {window}".rstrip()
+            if error is not None:
+                self.writer.write({"file": name, "error": error})
+                self.writer.flush()
+                self.lines += 1
+        finally:
+            frames.close()
+            if drawer is not None:
+                drawer.close()
+
+    def _batch(
+        self, name: str, batch: list[DecodedFrame], drawer: AnnotatedVideoWriter | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> int:  # fmt: skip
+        """Run ``batch`` through the model and write its lines; returns how many."""
+        model = self.runner.model
+        tensors = [model_input(frame.image, uint8=self.uint8, fit=self.fit) for frame in batch]
+        items = [(i, tensor, None) for i, tensor in enumerate(tensors)]
+        results = self.runner.run(items, [name] * len(items) if model.stateful else None)
+        for frame, tensor, result in zip(batch, tensors, results, strict=True):
+            head = {"file": name, "frame_index": frame.index, "timestamp": frame.timestamp}
+            if isinstance(result, str):
+                record = {**head, "error": result}
+            else:
+                size = frame.image.shape[:2]
+                record = {**head, **scaled_record(name, tuple(tensor.shape[-2:]), size, result, model.classes,
+                                                  model.category_ids)}  # fmt: skip
+                self.frames += 1
+            self.writer.write(record)
+            self.bar.update()
+            if drawer is not None:
+                drawer.write(frame, record.get("detections", []))
+        self.writer.flush()
+        self.lines += len(batch)
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"detection of {name} was cancelled; {self.lines} new lines kept")
+        return len(batch)
