@@ -199,7 +199,8 @@ def test_redis_restarted_with_aof_during_a_failover_the_job_finishes(scenes, ref
     q = Queue(tmp_path, data=scenes.parent)
     try:
         q.worker(), q.worker()
-        job = q.client.submit_detect(scenes, tmp_path / "out", shard_size=8, **DETECT)
+        # Shards of 40: fewer moments when a consumer waits on BRPOP (see test_queue.py's restart test).
+        job = q.client.submit_detect(scenes, tmp_path / "out", shard_size=40, **DETECT)
         holder(q, "lstmdet.detect_shard").kill()
         time.sleep(5.0)  # the lost shard's lease is running out
         q.server.kill()
