@@ -25,7 +25,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from lstmdet.workers.leases import LeaseKeeper, open_leases
+from lstmdet.workers.leases import LeaseKeeper, machine_id, open_leases
 from lstmdet.workers.settings import Settings, celery_config
 
 #: The heartbeat of this worker's main process (None in pool processes and clients).
@@ -88,7 +88,7 @@ def _start_leases(sender: object = None, **_: object) -> None:
     if not settings.leases:
         return
     queues = sorted(q.name for q in consumer.task_consumer.queues)
-    _keeper = LeaseKeeper(open_leases(settings), consumer.hostname, queues)
+    _keeper = LeaseKeeper(open_leases(settings, machine=machine_id()), consumer.hostname, queues)
     _keeper.start()
 
 

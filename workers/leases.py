@@ -14,6 +14,12 @@ wait, in the pattern of Temporal's activity heartbeats and Kubernetes' node leas
   that have no lease (:meth:`Leases.sweep`). It puts each back at the head of its queue, under a
   new delivery tag, in one Redis script that first checks again that the lease is absent and the
   message unchanged; many workers sweeping at once restore a message once.
+* **A holder gone from this machine.** A lease names the process that renews it (the worker's main
+  process) and the machine it runs on (the kernel's boot id and the process's pid namespace, or
+  ``LSTMDET_MACHINE_ID``). A sweeping worker on the same machine that finds that process gone (its
+  pid ended, or now belongs to a younger process) does not wait for the lease to run out: it puts
+  the message back at once. Several workers on one host (one per GPU, or pods of a node sharing
+  ``hostPID``) then lose a few seconds to a killed neighbour, not a lease.
 * **Fencing.** A pool process asks, between batches or steps, whether its delivery still holds the
   message (:meth:`Leases.holds`). One that was paused past its lease (SIGSTOP, a frozen VM) finds
   its message restored under another tag and stops without touching the job
@@ -24,7 +30,8 @@ wait, in the pattern of Temporal's activity heartbeats and Kubernetes' node leas
 A pool process that dies while its worker lives is handled by Celery at once
 (``reject_on_worker_lost``), as before. Keys (in the broker's Redis, beside kombu's):
 
-* ``lstmdet:lease:<tag>``: JSON ``{worker, task_id, name, job, renewed}``, expiring;
+* ``lstmdet:lease:<tag>``: JSON ``{worker, task_id, name, job, renewed, machine, pid, pid_start}``,
+  expiring;
 * ``lstmdet:worker:<hostname>``: JSON ``{hostname, pid, queues, started, heartbeat, draining,
   tasks}``, expiring, and ``lstmdet:workers`` (a sorted set by last heartbeat);
 * ``lstmdet:failovers:<task id>:<retries>``: how often the sweep restored that message
@@ -42,6 +49,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from lstmdet.errors import LstmdetError
@@ -62,14 +70,18 @@ _PRIORITY_STEPS = (0, 3, 6, 9)
 #: Shortest time between two heartbeats (an arriving message wakes the heartbeat early).
 MIN_BEAT_S = 0.2
 
-# Put one lost message back: only when its lease is still absent and its unacked entry unchanged.
+# Put one lost message back: only when its unacked entry is unchanged and its lease is absent, or
+# still the very lease of a holder seen dead (then it is deleted).
 # KEYS: unacked, unacked_index, lease, queue list, failover counter, failover log.
-# ARGV: tag, raw entry, new payload, counter ttl, log entry. Returns the failover count, or 0.
+# ARGV: tag, raw entry, new payload, counter ttl, log entry, dead holder's lease ("" for none).
+# Returns the failover count, or 0.
 _RESTORE = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local lease = redis.call('GET', KEYS[3])
+if lease and lease ~= ARGV[6] then return 0 end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if lease then redis.call('DEL', KEYS[3]) end
 redis.call('RPUSH', KEYS[4], ARGV[3])
 local n = redis.call('INCR', KEYS[5])
 redis.call('EXPIRE', KEYS[5], ARGV[4])
@@ -109,6 +121,49 @@ def _queue_list(routing_key: str, message: dict[str, Any]) -> str:
     return routing_key if step == 0 else f"{routing_key}{_PRIORITY_SEP}{step}"
 
 
+def machine_id() -> str | None:
+    """This machine's id as leases record it: processes with the same id can see each other's pids.
+
+    ``LSTMDET_MACHINE_ID`` when set (any distinct value per machine); else the kernel's boot id and
+    this process's pid namespace (``/proc``), so two containers on one host (separate pid
+    namespaces) count as two machines; ``None`` where ``/proc`` has neither (then only lease expiry
+    restores a message).
+    """
+    if os.environ.get("LSTMDET_MACHINE_ID"):
+        return os.environ["LSTMDET_MACHINE_ID"]
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}/{namespace}"
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``), or ``None`` if it is gone.
+
+    A zombie (killed, not yet reaped) counts as gone.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def process_alive(pid: Any, started: Any) -> bool:
+    """Whether the process ``pid`` that started at ``started`` (:func:`process_start`) still runs here.
+
+    Unknown values count as alive: only a sure death restores a message before its lease ends.
+    """
+    if not isinstance(pid, int) or not isinstance(started, int):
+        return True
+    return process_start(pid) == started
+
+
 class Leases:
     """Leases, sweeps and the worker registry in the broker's Redis.
 
@@ -117,10 +172,14 @@ class Leases:
         lease: Seconds a lease lives unless renewed (``LSTMDET_LEASE_SECONDS``).
         heartbeat: Seconds between renewals (``LSTMDET_HEARTBEAT_SECONDS``).
         keep: Seconds failover counters are kept.
+        machine: This machine's id (:func:`machine_id`) in a worker, to restore at once the messages
+            of a gone neighbour on the same machine; ``None`` (clients, tests) turns that off.
     """
 
-    def __init__(self, redis: Any, *, lease: float, heartbeat: float, keep: int = 7 * 24 * 3600) -> None:
-        self.redis, self.lease, self.heartbeat, self.keep = redis, lease, heartbeat, keep
+    def __init__(
+        self, redis: Any, *, lease: float, heartbeat: float, keep: int = 7 * 24 * 3600, machine: str | None = None
+    ) -> None:
+        self.redis, self.lease, self.heartbeat, self.keep, self.machine = redis, lease, heartbeat, keep, machine
         self._restore = redis.register_script(_RESTORE)
 
     # --- the worker's main process -------------------------------------------------------------
@@ -129,7 +188,8 @@ class Leases:
         """Renew the leases of ``holdings``, drop those of ``released`` tags, and record the worker.
 
         Args:
-            worker: ``{hostname, pid, queues, started, draining}`` of the worker.
+            worker: ``{hostname, pid, queues, started, draining}`` of the worker, and ``machine`` and
+                ``pid_start`` (:func:`process_start`) when known.
             holdings: Every message the worker holds now.
             released: Tags it held at the last renewal and holds no more (acknowledged or requeued).
         """
@@ -140,7 +200,8 @@ class Leases:
         with self.redis.pipeline(transaction=False) as pipe:
             for h in holdings:
                 value = {"worker": worker["hostname"], "task_id": h.task_id, "name": h.name, "job": h.job,
-                         "renewed": now}  # fmt: skip
+                         "renewed": now, "machine": worker.get("machine"), "pid": worker.get("pid"),
+                         "pid_start": worker.get("pid_start")}  # fmt: skip
                 pipe.set(LEASE_PREFIX + h.tag, json.dumps(value), px=ttl)
             for tag in released:
                 pipe.delete(LEASE_PREFIX + tag)
@@ -149,44 +210,66 @@ class Leases:
             pipe.execute()
 
     def sweep(self, *, now: float | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        """Put back every delivery older than a lease that has no lease; returns what was restored.
+        """Put back every delivery that lost its holder; returns what was restored.
 
-        Safe to run in every worker at once: each message is restored by one script that checks
-        the lease and the message again.
+        A delivery has lost its holder when it is older than a lease and has no lease, or when its
+        lease names a process on this machine that is gone (see the module docstring). Safe to run
+        in every worker at once: each message is restored by one script that checks the lease and
+        the message again.
 
         Returns:
-            One ``{task_id, name, tag, new_tag, queue, delivered, restored, failovers}`` per message.
+            One ``{task_id, name, tag, new_tag, queue, delivered, restored, why, failovers}`` per message.
         """
+        now = time.time() if now is None else now
+        restored = []
+        tags = self.redis.zrangebyscore(UNACKED_INDEX, "-inf", now - self.lease, start=0, num=limit, withscores=True)
+        for tag, delivered in tags:
+            if not self.redis.exists(LEASE_PREFIX + tag):
+                restored += self._restore_one(tag, delivered, now, why="lease expired")
+        if self.machine is not None:
+            restored += self._sweep_dead_neighbours(now, limit)
+        return restored
+
+    def _sweep_dead_neighbours(self, now: float, limit: int) -> list[dict[str, Any]]:
+        """Restore the deliveries whose lease names a process of this machine that is gone."""
+        tags = self.redis.zrange(UNACKED_INDEX, 0, limit - 1, withscores=True)
+        if not tags:
+            return []
+        restored = []
+        raws = self.redis.mget([LEASE_PREFIX + tag for tag, _ in tags])
+        for (tag, delivered), raw in zip(tags, raws, strict=True):
+            if raw is None:
+                continue
+            lease = json.loads(raw)
+            if lease.get("machine") == self.machine and not process_alive(lease.get("pid"), lease.get("pid_start")):
+                restored += self._restore_one(tag, delivered, now, why="holder process gone", lease=raw)
+        return restored
+
+    def _restore_one(self, tag: str, delivered: float, now: float, *, why: str, lease: str = "") -> list[dict]:
+        """Put one delivery back at the head of its queue under a new tag ([] if it changed meanwhile)."""
         from kombu.utils.json import dumps, loads
 
-        now = time.time() if now is None else now
-        tags = self.redis.zrangebyscore(UNACKED_INDEX, "-inf", now - self.lease, start=0, num=limit, withscores=True)
-        restored = []
-        for tag, delivered in tags:
-            if self.redis.exists(LEASE_PREFIX + tag):
-                continue
-            raw = self.redis.hget(UNACKED, tag)
-            if raw is None:
-                continue  # acknowledged meanwhile
-            message, _exchange, routing_key = loads(raw)
-            headers, properties = message.setdefault("headers", {}), message.setdefault("properties", {})
-            new_tag = str(uuid.uuid4())
-            properties["delivery_tag"] = new_tag
-            properties.setdefault("delivery_info", {})["redelivered"] = True
-            headers["redelivered"] = True
-            task_id, retries = headers.get("id", tag), headers.get("retries", 0)
-            queue = _queue_list(routing_key, message)
-            event = {"task_id": task_id, "name": headers.get("task"), "tag": tag, "new_tag": new_tag,
-                     "queue": routing_key, "delivered": delivered, "restored": now}  # fmt: skip
-            keys = [UNACKED, UNACKED_INDEX, LEASE_PREFIX + tag, queue, f"{FAILOVER_PREFIX}{task_id}:{retries}",
-                    FAILOVER_LOG]  # fmt: skip
-            count = self._restore(keys=keys, args=[tag, raw, dumps(message), self.keep, json.dumps(event)])
-            if count:
-                event["failovers"] = int(count)
-                restored.append(event)
-                log.warning("task %s (%s) lost its worker (no lease for %.0f s): put back on queue %s",
-                            task_id, event["name"], self.lease, routing_key)  # fmt: skip
-        return restored
+        raw = self.redis.hget(UNACKED, tag)
+        if raw is None:
+            return []  # acknowledged meanwhile
+        message, _exchange, routing_key = loads(raw)
+        headers, properties = message.setdefault("headers", {}), message.setdefault("properties", {})
+        new_tag = str(uuid.uuid4())
+        properties["delivery_tag"] = new_tag
+        properties.setdefault("delivery_info", {})["redelivered"] = True
+        headers["redelivered"] = True
+        task_id, retries = headers.get("id", tag), headers.get("retries", 0)
+        event = {"task_id": task_id, "name": headers.get("task"), "tag": tag, "new_tag": new_tag,
+                 "queue": routing_key, "delivered": delivered, "restored": now, "why": why}  # fmt: skip
+        keys = [UNACKED, UNACKED_INDEX, LEASE_PREFIX + tag, _queue_list(routing_key, message),
+                f"{FAILOVER_PREFIX}{task_id}:{retries}", FAILOVER_LOG]  # fmt: skip
+        count = self._restore(keys=keys, args=[tag, raw, dumps(message), self.keep, json.dumps(event), lease])
+        if not count:
+            return []
+        event["failovers"] = int(count)
+        log.warning("task %s (%s) lost its worker (%s): put back on queue %s", task_id, event["name"], why,
+                    routing_key)  # fmt: skip
+        return [event]
 
     def drain(self, hostname: str) -> None:
         """Mark ``hostname`` draining: its tasks stop at the next batch or step and go back to the queue."""
@@ -277,7 +360,7 @@ class LeaseKeeper:
     def __init__(self, leases: Leases, hostname: str, queues: list[str]) -> None:
         self.leases, self.hostname = leases, hostname
         self.info = {"hostname": hostname, "pid": os.getpid(), "queues": queues, "started": time.time(),
-                     "draining": False}  # fmt: skip
+                     "draining": False, "machine": leases.machine, "pid_start": process_start(os.getpid())}  # fmt: skip
         self._held: set[str] = set()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -336,14 +419,15 @@ class LeaseKeeper:
             log.warning("could not remove worker %s from the registry: %s", self.hostname, exc)
 
 
-def open_leases(settings: Any, *, retries: int = 40) -> Leases:
+def open_leases(settings: Any, *, retries: int = 40, machine: str | None = None) -> Leases:
     """The lease book on the broker of ``settings`` (:class:`~lstmdet.workers.settings.Settings`).
 
     Args:
         settings: Broker URL, lease and heartbeat seconds, result retention.
         retries: Command retries on connection errors (workers ride out a Redis restart; clients fail fast).
+        machine: This machine's id in a worker's main process (:func:`machine_id`).
     """
     from lstmdet.workers.store import redis_client
 
     return Leases(redis_client(settings.broker_url, retries=retries), lease=settings.lease_seconds,
-                  heartbeat=settings.heartbeat_seconds, keep=settings.result_expires)  # fmt: skip
+                  heartbeat=settings.heartbeat_seconds, keep=settings.result_expires, machine=machine)  # fmt: skip

@@ -135,8 +135,10 @@ class Queue:
         self.client = JobClient(Settings.from_env(self.env))
         self.workers: list[Worker] = []
 
-    def worker(self, *args: str, ready: bool = True) -> Worker:
-        worker = Worker(self.env, self.folder / f"worker{len(self.workers)}.log", *args)
+    def worker(self, *args: str, ready: bool = True, machine: str | None = None) -> Worker:
+        """Start ``lstmdet worker``; ``machine`` (``LSTMDET_MACHINE_ID``) stands for a separate host."""
+        env = self.env if machine is None else {**self.env, "LSTMDET_MACHINE_ID": machine}
+        worker = Worker(env, self.folder / f"worker{len(self.workers)}.log", *args)
         self.workers.append(worker)
         return worker.wait_ready() if ready else worker
 

@@ -1,8 +1,10 @@
 """Whole workers lost, frozen or stopped mid-job, at default settings (30 s leases renewed every 5 s).
 
 Real ``redis-server`` and ``lstmdet worker`` process groups; faults are real signals to whole
-process groups. No setting is shortened: a lost task must come back because its lease expired,
-within the minute the defaults promise, and nothing it did may happen twice. These tests take
+process groups. No setting is shortened: a lost task must come back within the minute the defaults
+promise, and nothing it did may happen twice. Workers given distinct ``LSTMDET_MACHINE_ID`` values
+stand for separate hosts: their tasks come back when the lease expires. Workers on one machine
+(the default here) also see a neighbour's process gone and take its tasks back within seconds. These tests take
 minutes (each waits for a lease to expire), so they carry the ``faults`` marker: ``make test``
 leaves them out and CI runs them (``make test-faults``).
 """
@@ -90,7 +92,7 @@ def assert_same_weights(run: Path, reference: dict[str, torch.Tensor]) -> None:
 def test_a_whole_worker_killed_mid_detect_the_survivor_finishes_within_90_s(scenes, reference, tmp_path):
     q = Queue(tmp_path, data=scenes.parent)
     try:
-        q.worker(), q.worker()
+        q.worker(machine="host-a"), q.worker(machine="host-b")  # two hosts: only the lease tells
         job = q.client.submit_detect(scenes, tmp_path / "out", shard_size=8, **DETECT)
         victim = holder(q, "lstmdet.detect_shard")
         victim.kill()  # SIGKILL to the supervisor, Celery's main process and its pool process at once
@@ -98,7 +100,27 @@ def test_a_whole_worker_killed_mid_detect_the_survivor_finishes_within_90_s(scen
         record = q.client.wait(job, timeout=120)
         assert record["state"] == "succeeded", record
         assert time.monotonic() - killed < 90
-        assert any(e["name"] == "lstmdet.detect_shard" for e in restored(q))  # a lease expired: it came back
+        events = [e for e in restored(q) if e["name"] == "lstmdet.detect_shard"]
+        assert events and all(e["why"] == "lease expired" for e in events)  # a lease expired: it came back
+        assert_same_files(tmp_path / "out", reference)
+    finally:
+        q.close()
+
+
+def test_a_whole_worker_killed_its_neighbour_on_the_same_machine_takes_its_task_within_seconds(
+    scenes, reference, tmp_path
+):
+    q = Queue(tmp_path, data=scenes.parent)
+    try:
+        q.worker(), q.worker()  # one machine, as several workers (one per GPU) on a host
+        job = q.client.submit_detect(scenes, tmp_path / "out", shard_size=8, **DETECT)
+        holder(q, "lstmdet.detect_shard").kill()
+        killed = time.time()
+        events = wait_for(lambda: restored(q), DEFAULTS.lease_seconds, "the killed worker's task restored")
+        assert all(e["why"] == "holder process gone" for e in events)
+        assert events[-1]["restored"] - killed < 2 * DEFAULTS.heartbeat_seconds + 1  # a heartbeat, not a lease
+        record = q.client.wait(job, timeout=120)
+        assert record["state"] == "succeeded", record
         assert_same_files(tmp_path / "out", reference)
     finally:
         q.close()
@@ -107,12 +129,12 @@ def test_a_whole_worker_killed_mid_detect_the_survivor_finishes_within_90_s(scen
 def test_a_whole_worker_killed_and_replaced_a_second_later_the_job_finishes_within_90_s(scenes, reference, tmp_path):
     q = Queue(tmp_path, data=scenes.parent)
     try:
-        q.worker()
+        q.worker(machine="host-a")
         job = q.client.submit_detect(scenes, tmp_path / "out", shard_size=8, **DETECT)
         holder(q, "lstmdet.detect_shard").kill()
         killed = time.monotonic()
         time.sleep(1.0)
-        q.worker()
+        q.worker(machine="host-b")  # a new host: the lost shard waits out its lease
         record = q.client.wait(job, timeout=120)
         assert record["state"] == "succeeded", record
         assert time.monotonic() - killed < 90

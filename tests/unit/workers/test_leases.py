@@ -8,14 +8,27 @@ asked with a clock moved past the lease.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from lstmdet.workers.leases import UNACKED, Holding, LeaseLost, Leases, open_leases
+from lstmdet.workers.leases import (
+    UNACKED,
+    Holding,
+    LeaseLost,
+    Leases,
+    machine_id,
+    open_leases,
+    process_alive,
+    process_start,
+)
 from lstmdet.workers.settings import Settings
 from lstmdet.workers.store import JobStore
 from lstmdet.workers.tasks import _Guard, job_store
@@ -100,6 +113,81 @@ def test_a_renewed_lease_keeps_the_message_however_old_the_delivery(app, leases)
     leases.renew(WORKER, [], released=[message.delivery_tag])  # acknowledged: the lease goes
     (event,) = leases.sweep(now=time.time() + LEASE + 1)  # (here it was not acked, so it comes back)
     assert event["task_id"] == "slow"
+
+
+def sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_a_process_is_alive_while_it_runs_and_gone_once_killed_even_unreaped():
+    child = sleeper()
+    started = process_start(child.pid)
+    assert started is not None and process_alive(child.pid, started)
+    assert not process_alive(child.pid, started + 1)  # the pid now names a younger process: not the holder
+    child.kill()
+    wait = time.monotonic() + 5
+    while process_start(child.pid) is not None and time.monotonic() < wait:  # a zombie until reaped
+        time.sleep(0.01)
+    assert not process_alive(child.pid, started)
+    child.wait()
+    assert process_start(child.pid) is None and not process_alive(child.pid, started)
+    assert process_alive(None, None) and process_alive(child.pid, None)  # unknown: only a sure death counts
+
+
+def test_the_machine_id_is_the_boot_and_pid_namespace_unless_set(monkeypatch):
+    monkeypatch.delenv("LSTMDET_MACHINE_ID", raising=False)
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert machine_id() == f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    monkeypatch.setenv("LSTMDET_MACHINE_ID", "rack-7")
+    assert machine_id() == "rack-7"
+
+
+def neighbour(pid: int, machine: str = "m-1") -> dict[str, Any]:
+    return {**WORKER, "hostname": f"w{pid}@box", "pid": pid, "pid_start": process_start(pid), "machine": machine}
+
+
+def test_a_lease_of_a_gone_process_on_this_machine_comes_back_at_once(app, redis_settings):
+    here = open_leases(redis_settings, retries=2, machine="m-1")
+    app.send_task("lstmdet.ping", queue="cpu", task_id="orphan")
+    app.send_task("lstmdet.ping", queue="cpu", task_id="held")
+    orphan, held = take(app), take(app)
+    child, alive = sleeper(), sleeper()
+    try:
+        here.renew(neighbour(child.pid), [holding(orphan)])
+        here.renew(neighbour(alive.pid), [holding(held)])
+        assert here.sweep() == []  # both holders run: leases stand
+        child.kill()
+        child.wait()
+        elsewhere = open_leases(redis_settings, retries=2, machine="m-2")
+        assert elsewhere.sweep() == []  # another machine cannot see the pid: it waits for the lease
+        (event,) = here.sweep()  # no lease had to expire
+        assert event["task_id"] == "orphan" and event["why"] == "holder process gone"
+        assert not here.redis.exists("lstmdet:lease:" + orphan.delivery_tag)
+        assert not here.holds(orphan.delivery_tag) and here.holds(held.delivery_tag)
+        assert take(app).headers["id"] == "orphan"
+    finally:
+        for process in (child, alive):
+            process.kill()
+            process.wait()
+
+
+def test_a_lease_renewed_after_the_look_is_not_taken(app, redis_settings, monkeypatch):
+    """The holder's lease changed between the look and the restore (a new holder renewed it): nothing happens."""
+    here = open_leases(redis_settings, retries=2, machine="m-1")
+    app.send_task("lstmdet.ping", queue="cpu", task_id="contended")
+    message = take(app)
+    here.renew({**WORKER, "pid": 1, "pid_start": -5, "machine": "m-1"}, [holding(message)])  # a dead holder
+    real_get = here.redis.hget
+
+    def renewed_meanwhile(*args: Any) -> Any:
+        here.renew({**WORKER, "hostname": "w2@box", "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+                    "machine": "m-1"}, [holding(message)])  # fmt: skip
+        return real_get(*args)
+
+    monkeypatch.setattr(here.redis, "hget", renewed_meanwhile)
+    assert here.sweep() == []
+    assert here.holds(message.delivery_tag)
+    assert here.redis.exists("lstmdet:lease:" + message.delivery_tag)
 
 
 def test_a_lease_expires_when_its_worker_stops_renewing(redis_settings):
