@@ -8,7 +8,8 @@ threads from ``LSTMDET_TORCH_THREADS`` and then keeps its models cached between 
 
 The main process also keeps the leases of the tasks it holds (:mod:`lstmdet.workers.leases`): a
 heartbeat thread starts when the worker is ready, marks the worker draining on SIGTERM (its tasks
-then stop and go back to the queue) and stops once the pool has finished.
+then stop and go back to the queue) and stops once the pool has finished. The same thread now and
+then looks for jobs whose every message is gone (:mod:`lstmdet.workers.reconcile`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from lstmdet.workers.leases import LeaseKeeper, machine_id, open_leases
+from lstmdet.workers.leases import LeaseKeeper, Leases, machine_id, open_leases
+from lstmdet.workers.reconcile import Reconciler
 from lstmdet.workers.settings import Settings, celery_config
 
 #: The heartbeat of this worker's main process (None in pool processes and clients).
@@ -88,8 +90,22 @@ def _start_leases(sender: object = None, **_: object) -> None:
     if not settings.leases:
         return
     queues = sorted(q.name for q in consumer.task_consumer.queues)
-    _keeper = LeaseKeeper(open_leases(settings, machine=machine_id()), consumer.hostname, queues)
+    leases = open_leases(settings, machine=machine_id())
+    reconciler = _reconciler(consumer.app, leases, consumer.hostname)
+    _keeper = LeaseKeeper(leases, consumer.hostname, queues, reconciler=reconciler)
     _keeper.start()
+
+
+def _reconciler(app: Celery, leases: Leases, hostname: str) -> Reconciler:
+    """The job reconciler of this worker: looks every half lease, re-queues a job a lease after its last message."""
+    from lstmdet.workers.tasks import job_store
+
+    def send(name: str, args: list, queue: str, task_id: str, root_id: str) -> None:
+        app.send_task(name, args=args, queue=queue, task_id=task_id, root_id=root_id)
+
+    settings = app.conf.lstmdet_settings
+    return Reconciler(leases.redis, job_store(settings), send, every=settings.lease_seconds / 2,
+                      grace=settings.lease_seconds, name=hostname)  # fmt: skip
 
 
 @task_received.connect

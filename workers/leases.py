@@ -164,6 +164,11 @@ def process_alive(pid: Any, started: Any) -> bool:
     return process_start(pid) == started
 
 
+def queue_lists(queues: Iterable[str]) -> list[str]:
+    """The Redis lists kombu consumes for ``queues``, at every priority step."""
+    return [q if step == 0 else f"{q}{_PRIORITY_SEP}{step}" for q in sorted(set(queues)) for step in _PRIORITY_STEPS]
+
+
 class Leases:
     """Leases, sweeps and the worker registry in the broker's Redis.
 
@@ -355,10 +360,12 @@ class LeaseKeeper:
         leases: The lease book.
         hostname: The Celery node name.
         queues: Queues the worker consumes.
+        reconciler: Asked after each sweep to look for jobs whose every message is gone
+            (:class:`~lstmdet.workers.reconcile.Reconciler`; it looks every few beats, in one worker at a time).
     """
 
-    def __init__(self, leases: Leases, hostname: str, queues: list[str]) -> None:
-        self.leases, self.hostname = leases, hostname
+    def __init__(self, leases: Leases, hostname: str, queues: list[str], reconciler: Any = None) -> None:
+        self.leases, self.hostname, self.reconciler = leases, hostname, reconciler
         self.info = {"hostname": hostname, "pid": os.getpid(), "queues": queues, "started": time.time(),
                      "draining": False, "machine": leases.machine, "pid_start": process_start(os.getpid())}  # fmt: skip
         self._held: set[str] = set()
@@ -375,12 +382,14 @@ class LeaseKeeper:
         self._thread.start()
 
     def beat(self) -> None:
-        """One heartbeat: renew, release what was acknowledged, sweep."""
+        """One heartbeat: renew, release what was acknowledged, sweep (and now and then, reconcile jobs)."""
         holdings = held_messages()
         tags = {h.tag for h in holdings}
         self.leases.renew(self.info, holdings, released=self._held - tags)
         self._held = tags
         self.leases.sweep()
+        if self.reconciler is not None:
+            self.reconciler.maybe_run()
 
     def wake(self) -> None:
         """A message arrived: beat now, so that it has a lease (and operators see it) at once."""

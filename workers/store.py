@@ -8,6 +8,7 @@ Only small JSON lives here; artifacts go to files under the data roots. Keys:
 * ``lstmdet:jobs``: a sorted set of job ids by creation time (``jobs list``); ids whose record has
   expired are dropped from it whenever a job is created, so Redis holds the jobs of the retention
   window (``LSTMDET_RESULT_EXPIRES`` after they end) and no more;
+* ``lstmdet:jobs:open``: the ids of jobs not yet ended (a set; :mod:`.reconcile` looks after them);
 * ``lstmdet:job:<id>:shards``: the finished shards of a detect job (a set, so a shard that
   finishes twice counts once);
 * ``lstmdet:job:<id>:merge``: who queues the merge of a detect job (:meth:`JobStore.claim_merge`),
@@ -45,6 +46,7 @@ STATES = ("queued", "running", *FINAL)
 MERGE_LOCK_TTL = 30.0
 _PREFIX = "lstmdet:job:"
 _INDEX = "lstmdet:jobs"
+_OPEN = "lstmdet:jobs:open"
 #: Hash fields stored as JSON.
 _JSON_FIELDS = ("spec", "progress", "result")
 #: Index entries examined per :meth:`JobStore.create` for expired records (bounds the work of one call).
@@ -171,6 +173,7 @@ class JobStore:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(_PREFIX + job_id, mapping=self._encode(record))
                 pipe.zadd(_INDEX, {job_id: now})
+                pipe.sadd(_OPEN, job_id)
                 pipe.execute()
 
         self._call(write)
@@ -294,7 +297,29 @@ class JobStore:
         applied = self.update(job_id, **fields)
         for key in (_PREFIX + job_id, f"{_PREFIX}{job_id}:shards", f"{_PREFIX}{job_id}:merge"):
             self._call(self.redis.expire, key, self.expires)
+        self._call(self.redis.srem, _OPEN, job_id)
         return applied
+
+    def open_jobs(self) -> list[str]:
+        """Ids of the jobs not yet ended (ids whose record expired unended are dropped)."""
+        ids = sorted(self._call(self.redis.smembers, _OPEN))
+        if not ids:
+            return []
+
+        def states() -> list[str | None]:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(_PREFIX + job_id, "state")
+                return pipe.execute()
+
+        ended = {job_id for job_id, state in zip(ids, self._call(states), strict=True) if state in (None, *FINAL)}
+        if ended:
+            self._call(self.redis.srem, _OPEN, *ended)
+        return [job_id for job_id in ids if job_id not in ended]
+
+    def merge_state(self, job_id: str) -> str | None:
+        """Where the job's merge stands: ``None`` (not claimed), a claimant's task id, or ``"queued"``."""
+        return self._call(self.redis.get, f"{_PREFIX}{job_id}:merge")
 
     def request_cancel(self, job_id: str) -> dict[str, Any]:
         """Raise the job's cancel flag; a job still queued ends as ``cancelled`` at once.

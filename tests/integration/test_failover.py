@@ -235,6 +235,39 @@ def test_redis_restarted_with_aof_during_a_failover_the_job_finishes(scenes, ref
         q.close()
 
 
+def test_a_shard_message_lost_with_redis_is_queued_again_and_the_job_finishes(scenes, reference, tmp_path):
+    """The one loss leases cannot see: a message taken off its queue that no worker ever recorded.
+
+    Redis dying as a worker's ``BRPOP`` takes a message loses it that way (the reply dies with the
+    server). Here the message is removed from the queue by hand, the same end state, at a moment
+    the test controls; the job reconciler must notice that the job has no message anywhere.
+    """
+    from kombu.utils.json import loads
+
+    q = Queue(tmp_path, data=scenes.parent)
+    try:
+        q.worker()
+        job = q.client.submit_detect(scenes, tmp_path / "out", shard_size=8, **DETECT)
+        broker = q.client.leases.redis
+
+        def waiting_shard() -> str | None:
+            raws = broker.lrange("cpu", 0, -1)
+            return next((raw for raw in raws if loads(raw)["headers"]["task"] == "lstmdet.detect_shard"), None)
+
+        raw = wait_for(waiting_shard, 60, "a shard waiting in the queue", every=0.05)
+        assert broker.lrem("cpu", 1, raw) == 1  # lost
+        lost = time.monotonic()
+        record = q.client.wait(job, timeout=180)
+        assert record["state"] == "succeeded", record
+        # found within a look (half a lease) after a lease without any message of the job
+        assert time.monotonic() - lost < 2 * DEFAULTS.lease_seconds + 60
+        assert "had no message anywhere" in q.workers[0].log.read_text()
+        assert restored(q) == []  # not a lease: nobody held the message
+        assert_same_files(tmp_path / "out", reference)
+    finally:
+        q.close()
+
+
 SLOW_SOURCE = """
 import time
 

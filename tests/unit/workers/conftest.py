@@ -6,7 +6,8 @@ Tests that use :func:`redis_server` (directly or through :func:`redis_settings`)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from helpers import RedisServer
@@ -47,3 +48,28 @@ def redis_settings(redis_server: RedisServer, tmp_path) -> Settings:
         visibility_timeout=30,
         result_expires=3600,
     )
+
+
+@pytest.fixture
+def take() -> Iterator[Callable[..., Any]]:
+    """``take(app, queue="cpu")``: deliver one message of ``queue`` without acknowledging it (a worker that took it).
+
+    The message then sits in kombu's ``unacked`` hash exactly as one a worker holds. The consumers
+    stay open until the test ends (closing one would restore its message, as kombu does when a
+    worker shuts down cleanly), and are closed then, while the server still runs.
+    """
+    opened: list[Any] = []
+
+    def deliver(app: Any, queue: str = "cpu") -> Any:
+        connection = app.connection_for_read()
+        simple = connection.SimpleQueue(queue, no_ack=False)
+        opened.append((connection, simple))
+        return simple.get(timeout=5)
+
+    yield deliver
+    for connection, simple in reversed(opened):
+        try:
+            simple.close()
+            connection.release()
+        except Exception:  # the test may have stopped the server
+            pass

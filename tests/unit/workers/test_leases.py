@@ -48,34 +48,6 @@ def leases(redis_settings: Settings) -> Leases:
     return open_leases(redis_settings, retries=2)
 
 
-_OPEN: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_deliveries() -> Any:
-    """Close the consumers :func:`take` opened, while the server still runs."""
-    yield
-    while _OPEN:
-        connection, simple = _OPEN.pop()
-        try:
-            simple.close()
-            connection.release()
-        except Exception:  # the test may have stopped the server
-            pass
-
-
-def take(app: Any, queue: str = "cpu") -> Any:
-    """Deliver one message of ``queue`` without acknowledging it (a worker that took it).
-
-    The consumer stays open until the test ends: closing it would restore the message, as kombu
-    does when a worker shuts down cleanly.
-    """
-    connection = app.connection_for_read()
-    simple = connection.SimpleQueue(queue, no_ack=False)
-    _OPEN.append((connection, simple))
-    return simple.get(timeout=5)
-
-
 def holding(message: Any, job: str | None = "job-1") -> Holding:
     return Holding(tag=message.delivery_tag, task_id=message.headers["id"], name=message.headers["task"], job=job,
                    state="active")  # fmt: skip
@@ -84,7 +56,7 @@ def holding(message: Any, job: str | None = "job-1") -> Holding:
 WORKER = {"hostname": "w1@box", "pid": 1, "queues": ["cpu"], "started": 0.0, "draining": False}
 
 
-def test_a_delivery_without_a_lease_goes_back_to_the_head_of_its_queue_once(app, leases):
+def test_a_delivery_without_a_lease_goes_back_to_the_head_of_its_queue_once(take, app, leases):
     app.send_task("lstmdet.ping", args=[1.0], queue="cpu", task_id="lost")
     app.send_task("lstmdet.ping", args=[2.0], queue="cpu", task_id="waiting")
     lost = take(app)
@@ -104,7 +76,7 @@ def test_a_delivery_without_a_lease_goes_back_to_the_head_of_its_queue_once(app,
     assert leases.failover_log()[0]["task_id"] == "lost"
 
 
-def test_a_renewed_lease_keeps_the_message_however_old_the_delivery(app, leases):
+def test_a_renewed_lease_keeps_the_message_however_old_the_delivery(take, app, leases):
     app.send_task("lstmdet.ping", queue="cpu", task_id="slow")
     message = take(app)
     leases.renew(WORKER, [holding(message)])
@@ -146,7 +118,7 @@ def neighbour(pid: int, machine: str = "m-1") -> dict[str, Any]:
     return {**WORKER, "hostname": f"w{pid}@box", "pid": pid, "pid_start": process_start(pid), "machine": machine}
 
 
-def test_a_lease_of_a_gone_process_on_this_machine_comes_back_at_once(app, redis_settings):
+def test_a_lease_of_a_gone_process_on_this_machine_comes_back_at_once(take, app, redis_settings):
     here = open_leases(redis_settings, retries=2, machine="m-1")
     app.send_task("lstmdet.ping", queue="cpu", task_id="orphan")
     app.send_task("lstmdet.ping", queue="cpu", task_id="held")
@@ -171,7 +143,7 @@ def test_a_lease_of_a_gone_process_on_this_machine_comes_back_at_once(app, redis
             process.wait()
 
 
-def test_a_lease_renewed_after_the_look_is_not_taken(app, redis_settings, monkeypatch):
+def test_a_lease_renewed_after_the_look_is_not_taken(take, app, redis_settings, monkeypatch):
     """The holder's lease changed between the look and the restore (a new holder renewed it): nothing happens."""
     here = open_leases(redis_settings, retries=2, machine="m-1")
     app.send_task("lstmdet.ping", queue="cpu", task_id="contended")
@@ -199,7 +171,7 @@ def test_a_lease_expires_when_its_worker_stops_renewing(redis_settings):
     assert short.workers() == []  # the worker's record went with it
 
 
-def test_sweeping_workers_race_and_restore_each_message_once(app, leases):
+def test_sweeping_workers_race_and_restore_each_message_once(take, app, leases):
     for i in range(20):
         app.send_task("lstmdet.ping", queue="cpu", task_id=f"t{i}")
     for _ in range(20):
@@ -216,7 +188,7 @@ def test_sweeping_workers_race_and_restore_each_message_once(app, leases):
     assert leases.redis.llen("cpu") == 20 and leases.redis.hlen(UNACKED) == 0
 
 
-def test_the_registry_lists_live_workers_with_their_tasks(app, leases):
+def test_the_registry_lists_live_workers_with_their_tasks(take, app, leases):
     app.send_task("lstmdet.ping", queue="cpu", task_id="p1")
     message = take(app)
     leases.renew(WORKER, [holding(message, job="job-9")])
@@ -238,7 +210,7 @@ def fake_task(settings: Settings, tag: str | None, hostname: str = "w1@box") -> 
                            app=SimpleNamespace(conf=SimpleNamespace(lstmdet_settings=settings)))  # fmt: skip
 
 
-def test_the_guard_stops_for_cancel_and_drain_and_raises_once_the_lease_is_lost(app, leases, redis_settings):
+def test_the_guard_stops_for_cancel_and_drain_and_raises_once_the_lease_is_lost(take, app, leases, redis_settings):
     store: JobStore = job_store(redis_settings)
     store.create("job-1", "detect", "cpu", {})
     app.send_task("lstmdet.ping", queue="cpu", task_id="g")

@@ -144,7 +144,9 @@ def test_redis_holds_the_retention_window_only_after_ten_thousand_finished_jobs(
     for i in range(15):  # each new job prunes up to a batch of expired entries
         short.create(f"new{i}", "detect", "cpu", SPEC)
     assert short.count() == 15
-    assert len(short.redis.keys("*")) == 16  # the 15 records and the index: nothing else is left
+    # the 15 records, the index and the set of open jobs (the 15 new ones): nothing else is left
+    assert sorted(short.redis.keys("lstmdet:jobs*")) == ["lstmdet:jobs", "lstmdet:jobs:open"]
+    assert len(short.redis.keys("*")) == 17 and len(short.open_jobs()) == 15
 
 
 def test_cancel_ends_a_queued_job_and_flags_a_running_one(store):
