@@ -21,6 +21,10 @@ Every task may be delivered twice without a second effect, so the rare suspect t
 lost after all costs a duplicate delivery, nothing more. The new message carries the job id as
 its root id, as every task the job queues does, so the next pass recognises it.
 
+A look reads every queued message of the open jobs' queues, so it is skipped (with a log line)
+while those queues hold more than :data:`MAX_SCAN` messages: a backlog that deep is busy, and the
+look happens again once it has shrunk.
+
 Keys (in the broker's Redis): ``lstmdet:reconcile:lock`` (who looks now) and
 ``lstmdet:reconcile:suspects`` (a hash: job id -> when first seen without a message).
 """
@@ -38,6 +42,8 @@ from lstmdet.workers.leases import UNACKED, queue_lists
 
 log = logging.getLogger("lstmdet.workers")
 
+#: Most queued messages a look reads; with more waiting, the look is skipped.
+MAX_SCAN = 50_000
 LOCK = "lstmdet:reconcile:lock"
 SUSPECTS = "lstmdet:reconcile:suspects"
 
@@ -100,8 +106,13 @@ class Reconciler:
             return []
         records = {job_id: self.store.get(job_id) for job_id in open_jobs}
         queues = {r["queue"] for r in records.values() if r}
+        lists = queue_lists(queues)
+        waiting = sum(self.broker.llen(name) for name in lists)
+        if waiting > MAX_SCAN:
+            log.info("job reconciler: %d messages wait in %s; looking again later", waiting, ", ".join(sorted(queues)))
+            return []
         raws = list(self.broker.hvals(UNACKED))
-        for name in queue_lists(queues):
+        for name in lists:
             raws += self.broker.lrange(name, 0, -1)
         present = message_jobs(raws)
         suspects = {k: float(v) for k, v in self.broker.hgetall(SUSPECTS).items()}

@@ -146,3 +146,19 @@ def test_message_jobs_reads_ids_and_root_ids_of_queued_and_unacked_envelopes():
     assert message_jobs([queued_message, unacked, "not json", json.dumps([1, 2]), json.dumps({"x": 1})]) == {
         "job-a", "t2", "job-b"
     }  # fmt: skip
+
+
+def test_a_backlog_deeper_than_the_scan_limit_skips_the_look(app, store, broker, monkeypatch):
+    import lstmdet.workers.reconcile as reconcile
+
+    submit(app, store, "deep", "train")
+    broker.delete("cpu")
+    for i in range(3):
+        app.send_task("lstmdet.ping", queue="cpu", task_id=f"p{i}")
+    monkeypatch.setattr(reconcile, "MAX_SCAN", 2)
+    r, now = make(app, store, broker), time.time()
+    assert r.run(now) == [] and r.run(now + 3 * GRACE) == []
+    assert not broker.hexists(SUSPECTS, "deep")
+    monkeypatch.setattr(reconcile, "MAX_SCAN", 3)
+    r.run(now + 4 * GRACE)
+    assert broker.hexists(SUSPECTS, "deep")
