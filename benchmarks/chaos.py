@@ -22,9 +22,10 @@ and runs them:
 2. **chaos**: every ``--kill-every`` seconds (uniform in the range) a random worker's whole
    process group is SIGKILLed and a new worker started at once; Redis is SIGKILLed and restarted
    once, a third of the way in. All workers run on this one machine, so a surviving worker sees
-   a killed neighbour's process gone and restores its tasks within a heartbeat; with
-   ``--separate-hosts`` each worker gets its own ``LSTMDET_MACHINE_ID``, as on separate
-   machines, and a lost task waits out its lease. Throughput (target >= 0.7x of the median no-fault run with
+   a killed neighbour's process gone and restores its tasks within a heartbeat. With
+   ``--hosts separate`` each worker gets its own ``LSTMDET_MACHINE_ID``, as on separate
+   machines, and a lost task waits out its lease; ``--hosts both`` runs the chaos part both ways
+   (after the same no-fault runs). Throughput (target >= 0.7x of the median no-fault run with
    leases) and recovery: for every message the lease sweep restored (its failover log), the
    seconds from the kill that lost it to a worker receiving it again, read from the workers' logs
    (target: p50 <= 35 s, p95 <= 60 s).
@@ -330,11 +331,11 @@ def recovery(monkey: Chaos, restorations: list[dict[str, Any]], logs: list[Path]
 
 
 def run(args: argparse.Namespace, ref: dict[str, Any], work: Path, label: str, env: dict[str, str],
-        chaos: bool) -> dict[str, Any]:  # fmt: skip
+        chaos: bool, separate_hosts: bool = False) -> dict[str, Any]:  # fmt: skip
     """One run of the mix; returns throughput, correctness and (with chaos) recovery."""
     folder = work / label.replace(" ", "-").replace(",", "")
     (folder / "logs").mkdir(parents=True)
-    fleet = Fleet(folder, env, root=work, separate_hosts=args.separate_hosts)
+    fleet = Fleet(folder, env, root=work, separate_hosts=separate_hosts)
     rng = random.Random(args.seed)
     try:
         fleet.start_redis()
@@ -383,15 +384,18 @@ def run(args: argparse.Namespace, ref: dict[str, Any], work: Path, label: str, e
 def report(results: dict[str, Any]) -> None:
     runs = results["runs"]
     print(f"\n{results['machine']}; {results['jobs']} jobs ({results['mix']}), {results['workers']} workers\n")
-    print("| run | seconds | jobs/min | failures | kills | restored | timed | recovery p50 / p95 / max s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | seconds | jobs/min | failures | kills | restored (why) | timed | recovery p50 / p95 / max s | "
+          "reconciled |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in runs:
         rec = r.get("recovery_s")
         shown = f"{rec['p50']} / {rec['p95']} / {rec['max']}" if rec else "-"
+        why = ", ".join(f"{n} {w}" for w, n in sorted(r.get("restored_why", {}).items()))
         print(f"| {r['label']} | {r['seconds']} | {r['jobs_per_min']} | {len(r['failures'])} | {r.get('kills', '-')} | "
-              f"{r.get('lost_tasks', '-')} | {r.get('seen_again', '-')} | {shown} |")  # fmt: skip
-    print(f"\nlease overhead (no faults, medians): {results['lease_overhead']:.1%} (target <= 2 %); throughput under "
-          f"chaos: {results['chaos_ratio']:.2f}x of no faults (target >= 0.7x)")  # fmt: skip
+              f"{r.get('lost_tasks', '-')} ({why or '-'}) | {r.get('seen_again', '-')} | {shown} | "
+              f"{r.get('reconciled', '-')} |")  # fmt: skip
+    print(f"\nlease overhead (no faults, medians): {results['lease_overhead']:.1%} (target <= 2 %)")
+    for label, ratio in results["chaos_ratio"].items():
+        print(f"throughput under {label}: {ratio:.2f}x of no faults (target >= 0.7x)")
     for r in runs:
         for failure in r["failures"][:10]:
             print(f"  {r['label']}: {failure}")
@@ -409,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="no-fault runs with leases off and on, interleaved "
                         "(off, on, off, on...); medians are compared")  # fmt: skip
     parser.add_argument("--no-chaos", action="store_true", help="only the no-fault runs (the leases' overhead)")
-    parser.add_argument("--separate-hosts", action="store_true", help="give each worker its own LSTMDET_MACHINE_ID: "
-                        "lost tasks then wait out their lease, as on separate machines (default: one machine, "
-                        "where a neighbour's death is seen within a heartbeat)")  # fmt: skip
+    parser.add_argument("--hosts", choices=("one", "separate", "both"), default="one", help="chaos on one machine "
+                        "(a neighbour's death is seen within a heartbeat), as separate machines (each worker its own "
+                        "LSTMDET_MACHINE_ID: lost tasks wait out their lease), or both")  # fmt: skip
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--logs", help="copy the worker logs here")
     args = parser.parse_args(argv)
@@ -429,13 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_chaos:
             if args.redis_at is None:
                 args.redis_at = statistics.median(r["seconds"] for r in on) / 3
-            runs.append(run(args, ref, work, "chaos", {}, chaos=True))
+            for hosts in ("one", "separate") if args.hosts == "both" else (args.hosts,):
+                label = "chaos" if hosts == "one" else "chaos, separate hosts"
+                runs.append(run(args, ref, work, label, {}, chaos=True, separate_hosts=hosts == "separate"))
     results = {
         "machine": f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})",
         "jobs": args.jobs, "mix": MIX, "workers": args.workers, "kill_every": args.kill_every, "runs": runs,
-        "separate_hosts": args.separate_hosts,
+        "hosts": args.hosts,
         "lease_overhead": 1 - plain / statistics.median(r["jobs_per_min"] for r in off),
-        "chaos_ratio": runs[-1]["jobs_per_min"] / plain if not args.no_chaos else float("nan"),
+        "chaos_ratio": {r["label"]: r["jobs_per_min"] / plain for r in runs if r["label"].startswith("chaos")},
     }  # fmt: skip
     report(results)
     if args.json:
