@@ -57,13 +57,15 @@ def size_mismatch(run: Callable[[list[Tensor]], list[np.ndarray]], prepared: Any
     """
     size = other_size(prepared.image_size)
     inputs = inputs_at(prepared, size, batch or 2)
-    with torch.no_grad():
-        want = [t.numpy() for t in prepared.module(*inputs)]
+    try:
+        with torch.no_grad():
+            want = [t.numpy() for t in prepared.module(*inputs)]
+    except Exception as exc:  # (a part's own error: it only runs at the size it was built for)
+        return f"the model itself fails in PyTorch on {size[0]}x{size[1]} images ({_first_line(exc)})"
     try:
         got = run(inputs)
     except Exception as exc:  # (ONNX Runtime and TorchScript raise their own types)
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        return f"the graph traced at {prepared.image_size} fails on {size[0]}x{size[1]} images ({first})"
+        return f"the graph traced at {prepared.image_size} fails on {size[0]}x{size[1]} images ({_first_line(exc)})"
     if prepared.detect:  # near-tied detections may come in another order: compare them as sets
         got, want = _as_sets(got), _as_sets(want)
     for name, a, b in zip(prepared.output_names, got, want, strict=True):
@@ -73,6 +75,12 @@ def size_mismatch(run: Callable[[list[Tensor]], list[np.ndarray]], prepared: Any
                 "images (a part uses the image size as a Python number)"
             )
     return None
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _as_sets(outputs: list[np.ndarray]) -> list[np.ndarray]:

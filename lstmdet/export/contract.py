@@ -6,8 +6,9 @@ running the file without lstmdet) reads. README section "Export" documents the s
 * Input ``images``: float32 ``(N, 3, H, W)``, RGB in ``[0, 1]``; normalisation and the zero padding
   to a multiple of the stride happen inside the graph. Detectors take any ``H, W`` (dynamic axes)
   unless a part needs a fixed size; classifiers, and such detectors, take :func:`input_size`.
-* Optional input ``image_sizes`` (ONNX detectors): int64 ``(N, 2)`` or ``(1, 2)``, the height and
-  width of each image inside a padded batch; boxes are clipped to it (default: the batch's ``H, W``).
+* Optional input ``image_sizes`` (detectors; in TorchScript files the keyword argument after the state):
+  int64 ``(N, 2)`` or ``(1, 2)``, the height and width of each image inside a padded batch; boxes are
+  clipped to it (default: the batch's ``H, W``).
 * Stateful models (ConvLSTM) take one more input per state tensor, ``state_in_<level>_<layer>_h`` and
   ``..._c`` (zeros start a video), and return ``state_out_<level>_<layer>_h`` / ``_c`` after the
   detections.
@@ -22,7 +23,7 @@ from typing import Any
 
 #: The image input.
 IMAGES = "images"
-#: The optional input of ONNX detectors: each image's (height, width) inside the batch, int64 (N, 2) or (1, 2).
+#: The optional input of detectors: each image's (height, width) inside the batch, int64 (N, 2) or (1, 2).
 IMAGE_SIZES = "image_sizes"
 SIZES_WORDS = (
     "int64 (N, 2) or (1, 2): each image's height, width inside the batch; boxes are clipped to it "

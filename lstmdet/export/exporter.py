@@ -36,7 +36,13 @@ from torch import Tensor, nn
 from lstmdet.errors import ExportError
 from lstmdet.export import contract
 from lstmdet.export.checks import check_onnx, onnx_runner, other_size, size_mismatch
-from lstmdet.export.graph import DetectionPostprocess, ExportModule, ExportNet, OnnxDetectionPostprocess
+from lstmdet.export.graph import (
+    DetectionPostprocess,
+    ExportModule,
+    ExportNet,
+    OnnxDetectionPostprocess,
+    TorchScriptEntry,
+)
 
 #: Opsets the TorchScript-based exporter can write and ONNX Runtime runs (NonMaxSuppression, ScatterElements).
 MIN_OPSET, DEFAULT_OPSET = 11, 17
@@ -306,7 +312,7 @@ class Prepared:
         model: The model to export.
         half: Float16 weights and compute.
         batch: Fixed batch size, or ``None`` for a dynamic one.
-        onnx: For an ONNX file (NMS as ``NonMaxSuppression``, the optional ``image_sizes`` input).
+        onnx: For an ONNX file (NMS as ``NonMaxSuppression``); else TorchScript (NMS scripted).
     """
 
     def __init__(self, model: nn.Module, *, half: bool, batch: int | None, onnx: bool) -> None:
@@ -318,7 +324,7 @@ class Prepared:
         net = ExportNet(model, half=half).eval()
         self.detect = net.detect
         self.image_size = contract.input_size(model.config)
-        sizes_input = onnx and net.detect
+        sizes_input = net.detect
         self.inputs, self.state = _example_inputs(net, batch or 2, self.image_size, sizes_input)
         post = _postprocess(net, onnx)
         self.settings = post.settings() if isinstance(post, DetectionPostprocess) else None
@@ -493,7 +499,9 @@ class _Flat(nn.Module):
 def export_torchscript(model: nn.Module, out: Path, *, batch: int | None, half: bool) -> Path:
     """Write ``model`` as a TorchScript file with the ONNX file's contract (outputs as a tuple).
 
-    Metadata is the extra file ``lstmdet.json`` (``torch.jit.load(f, _extra_files={"lstmdet.json": ""})``).
+    Detectors: ``forward(images, *state, image_sizes=None)`` (:class:`~lstmdet.export.graph.TorchScriptEntry`);
+    classifiers: ``forward(images)``. Metadata is the extra file ``lstmdet.json``
+    (``torch.jit.load(f, _extra_files={"lstmdet.json": ""})``).
 
     Raises:
         ExportError: A part cannot be traced (named).
@@ -509,14 +517,17 @@ def export_torchscript(model: nn.Module, out: Path, *, batch: int | None, half: 
             raise
         except Exception as exc:  # (named below)
             raise parts.blame_exception(exc, _part_tracer()) from exc
-    check_frozen(module.net, inputs, parts.suspects(caught), batch)
+    check_frozen(module.net, _net_inputs(prepared), parts.suspects(caught), batch)
     fixed_reason = None if prepared.detect else "a classifier resizes every image to model.input.size"
     if fixed_reason is None:
         fixed_reason = size_mismatch(lambda xs: [t.numpy() for t in traced(*xs)], prepared, batch)
+    if module.sizes_input:  # image_sizes becomes an optional keyword input after the state
+        with quiet_torch_jit():
+            traced = TorchScriptEntry(traced, [entry["input"] for entry in prepared.state])
     meta = contract.metadata(
         config=model.config, classes=list(model.classes), outputs=prepared.output_names, state=prepared.state,
         postprocess=prepared.settings, batch=batch, half=half, fixed_size=fixed_reason, stride=module.net.stride,
-        exporter=f"torch {torch.__version__} torch.jit.trace + torch.jit.script (NMS)",
+        exporter=f"torch {torch.__version__} torch.jit.trace + torch.jit.script (NMS)", sizes_input=module.sizes_input,
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     with quiet_torch_jit():

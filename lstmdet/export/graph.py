@@ -372,3 +372,36 @@ class ExportModule(nn.Module):
         n = self.net.num_levels
         groups = [list(raw[i * n : (i + 1) * n]) for i in range(4)]
         return (*self.post(groups[0], groups[1], groups[2], groups[3], limits), *new_state)
+
+
+#: ``forward`` of :class:`TorchScriptEntry` (``{params}``: one ``, name: Tensor`` per state input).
+_ENTRY_FORWARD = """
+def forward(self, images: Tensor{params}, image_sizes: Optional[Tensor] = None):
+    if image_sizes is None:
+        sizes = torch.full([1, 2], 2147483647, dtype=torch.int64, device=images.device)
+    else:
+        sizes = image_sizes
+    return self.traced(images, sizes{args})
+"""
+
+
+class TorchScriptEntry(torch.jit.ScriptModule):
+    """The module a detector's TorchScript file holds: the traced :class:`ExportModule` with optional ``image_sizes``.
+
+    ``forward(images, *state, image_sizes=None)``: ``images`` ``(N, 3, H, W)``, the state tensors in
+    the metadata's order (stateful models), and ``image_sizes`` int64 ``(N, 2)`` or ``(1, 2)``, each
+    image's height and width inside a padded batch, which its boxes are clipped to (``None``: the
+    batch's ``H, W``, as the ONNX file's default). Returns the traced module's outputs.
+
+    Args:
+        traced: ``torch.jit.trace`` of an :class:`ExportModule` with ``sizes_input`` (inputs ``images,
+            image_sizes, *state``).
+        state_names: The state inputs' names (:func:`~lstmdet.export.contract.state_names`), in order.
+    """
+
+    def __init__(self, traced: torch.jit.ScriptModule, state_names: list[str]) -> None:
+        super().__init__()
+        self.traced = traced
+        params = "".join(f", {name}: Tensor" for name in state_names)
+        args = "".join(f", {name}" for name in state_names)
+        self.define(_ENTRY_FORWARD.format(params=params, args=args))

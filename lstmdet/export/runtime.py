@@ -72,6 +72,13 @@ def providers_for(device: str) -> list[Any]:
     return choose_providers(device, list(_onnxruntime().get_available_providers()))
 
 
+#: ONNX Runtime session config entries of every session lstmdet makes (``benchmarks/export_profile.py
+#: --variants`` compares others). Idle intra-op threads sleep instead of spinning: image decoding and the
+#: writers run between calls on the same cores, and spinning threads would take their time (about 35 % of
+#: a detect call on 2 cores, measured with cProfile on coco128).
+SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+
+
 def make_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` for ``path``.
 
@@ -89,10 +96,8 @@ def make_session(path: str | Path, device: str = "cpu", threads: int | None = No
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    # Idle intra-op threads sleep instead of spinning: image decoding and the writers run between
-    # calls on the same cores, and spinning threads would take their time (about 35 % of a detect
-    # call on 2 cores, measured with cProfile on coco128).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     if not Path(path).is_file():
         raise ExportError(f"ONNX file {path} does not exist (or is not a file); write one with `lstmdet export`")
     try:
@@ -314,6 +319,8 @@ class OnnxModel:
         for i, (image, size) in enumerate(zip(images, sizes, strict=True)):
             image = image.detach().float().cpu()
             if tuple(image.shape[-2:]) != size:
+                # contiguous: bilinear resizing of a permuted (H, W, C)-strided image is ~100x slower
+                image = image.contiguous()
                 if self.task == "classify":  # as ClassifyTransform
                     image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
                 else:  # as DetectTransform (torchvision's GeneralizedRCNNTransform)
