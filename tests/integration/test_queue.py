@@ -109,10 +109,10 @@ def test_redis_restarted_mid_job_with_aof_the_job_completes(scenes, reference):
     try:
         q.worker()
         out = q.folder / "out"
-        # Shards of 40: a consumer waits on BRPOP between tasks, and kombu's Redis transport loses a message
-        # whose BRPOP reply dies with the server (popped, never recorded as unacked): a known gap that leases
-        # cannot close (see benchmarks/RESULTS.md, session 6). Few, longer tasks make that moment rare.
-        job = q.client.submit_detect(scenes, out, shard_size=40, **DETECT)
+        # Short shards: a consumer often waits on BRPOP, and kombu's Redis transport loses a message whose
+        # BRPOP reply dies with the server (popped, never recorded as unacked). Leases cannot see such a
+        # loss; the job reconciler queues the job's work again a lease later (lstmdet.workers.reconcile).
+        job = q.client.submit_detect(scenes, out, shard_size=8, **DETECT)
         wait_for(lambda: q.progress(job) >= 1, 90, "one shard", every=0.02)
         q.server.kill()
         time.sleep(1.0)
