@@ -47,6 +47,8 @@ STREAM_SCHEMES: tuple[str, ...] = ("rtsp://", "rtsps://", "rtmp://", "http://", 
                                    "srt://", "file:")  # fmt: skip
 #: Seconds a stream may stay silent (while opening, and between reads) before the run gives up on it.
 DEFAULT_STREAM_TIMEOUT = 10.0
+#: Time base of written videos: the MPEG 90 kHz clock (whole ticks for 24, 25, 30, 30000/1001, 60 ... fps).
+ENCODER_TIME_BASE = Fraction(1, 90000)
 
 
 class VideoReadError(LstmdetError):
@@ -437,7 +439,8 @@ class VideoEncoder:
 
     The file is written under a temporary name and renamed into place by :meth:`close`, also when
     the run is interrupted (the frames so far form a complete, playable file). Frames are placed at
-    their timestamps, so a video written with a stride or a start keeps its timing. Sizes with an
+    their timestamps (on a 90 kHz clock, exact for the usual frame rates), so a video written with a
+    stride or a start, or one of variable frame rate, keeps its timing. Sizes with an
     odd side use 4:4:4 chroma (4:2:0 needs even sides).
 
     Args:
@@ -445,18 +448,22 @@ class VideoEncoder:
         width: Frame width.
         height: Frame height.
         fps: Frame rate (the time base of the timestamps).
+        crf: x264's constant rate factor: 0 lossless, 20 (default) visually clean, higher smaller.
     """
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction) -> None:
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction, crf: int = 20) -> None:
         import av
 
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(path))
         self.fps, self.width, self.height = Fraction(fps).limit_denominator(1001 * 1000), width, height
         self._container = av.open(str(tmp), mode="w", format="mp4")
-        self._stream = self._container.add_stream("libx264", rate=self.fps, options={"preset": "veryfast", "crf": "20"})
+        self._stream = self._container.add_stream(
+            "libx264", rate=self.fps, options={"preset": "veryfast", "crf": str(crf)}
+        )
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self._stream.codec_context.time_base = ENCODER_TIME_BASE
         self._last = -1
 
     def write(self, image: np.ndarray, timestamp: float) -> None:
@@ -464,7 +471,8 @@ class VideoEncoder:
         import av
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        self._last = frame.pts = max(round(timestamp * self.fps), self._last + 1)
+        frame.time_base = ENCODER_TIME_BASE
+        self._last = frame.pts = max(round(timestamp / ENCODER_TIME_BASE), self._last + 1)
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 
