@@ -98,7 +98,7 @@ def test_a_server_that_never_answers_times_out_with_a_message(tmp_path, ts, weig
         "no answer within 0.5 s; check the URL, or raise --stream-timeout for a slow source"
     )
     assert "no answer within 0.5 s" in result.stderr or "see their error lines" in result.stderr
-    assert elapsed < 30  # model loading and the interpreter included; the time-out itself is 0.5 s
+    assert elapsed < 120  # interpreter and model loading included (a loaded machine); the time-out is 0.5 s
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["failed"], summary["frames"], summary["interrupted"]) == (1, 0, False)
 
@@ -133,14 +133,15 @@ def lines_of_file(tmp_path: Path, ts: Path, weights: Path) -> list[dict]:
     return lines(tmp_path / "file")
 
 
-def test_max_frames_ends_a_live_stream_with_complete_outputs(tmp_path, ts, weights):
-    with StreamServer(ts, "slow", chunk=1024, pause=0.05) as server:  # about 2 s for the whole stream
+def test_max_frames_ends_a_live_stream_with_complete_outputs(tmp_path, weights):
+    long = encode_video(tmp_path / "long.ts", digit_clip(300, size=48, seed=2), FPS, container="mpegts")
+    with StreamServer(long, "slow", chunk=2048, pause=0.25) as server:  # about 40 s for the whole stream
         started = time.monotonic()
         summary = run(server.url, tmp_path / "out", weights, max_frames=4, save_video=True, batch_size=2)
         elapsed = time.monotonic() - started
     got = lines(tmp_path / "out")
     assert [r["frame_index"] for r in got] == [0, 1, 2, 3] and summary["frames"] == 4
-    assert elapsed < 30
+    assert elapsed < 30  # it hung up after 4 frames instead of reading the stream to its end
     assert len(json.loads((tmp_path / "out" / "images.json").read_text())["images"]) == 4
     decoded, _ = decode_video(next((tmp_path / "out" / "videos").iterdir()))
     assert len(decoded) == 4
