@@ -242,7 +242,9 @@ class _Video:
                     batch = []
             if batch:
                 written += self._batch(name, batch, drawer, should_stop)
-            if error is None and written == 0:
+            if error is None and written == 0 and ended is not None and ended.is_set():
+                error = "stopped by Ctrl-C before the first frame came"
+            elif error is None and written == 0:
                 window = f"between --start {opts.start or 0} s and --end {opts.end} s" if opts.end else (
                     f"at or after --start {opts.start} s" if opts.start else "")  # fmt: skip
                 error = f"the video has no frame {window}".rstrip()

@@ -4,7 +4,10 @@ a server that never answers (time-out), one that closes mid-stream, ``--max-fram
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -153,3 +156,17 @@ def test_read_frames_gives_the_file_frames_over_http(ts):
         frames = list(read_frames(server.url))
     assert [f.timestamp for f in frames] == pytest.approx([t - times[0] for t in times], abs=1e-6)  # from the start
     assert all((f.image == image).all() for f, image in zip(frames, images, strict=True))
+
+
+def test_ctrl_c_while_a_stream_is_still_connecting_ends_the_run_at_once(tmp_path, ts, weights):
+    with StreamServer(ts, "silent") as server:
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        summary = run(server.url, tmp_path / "out", weights, stream_timeout=20)
+        elapsed = time.monotonic() - started
+        timer.join()
+    assert elapsed < 15  # not the 20 s time-out
+    assert lines(tmp_path / "out") == [{"file": server.url, "error": "stopped by Ctrl-C before the first frame came"}]
+    assert (summary["interrupted"], summary["frames"], summary["failed"]) == (True, 0, 1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
