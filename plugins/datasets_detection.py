@@ -39,6 +39,7 @@ from lstmdet.data.coco import (
     yolo_layout,
 )
 from lstmdet.data.images import DEFAULT_MAX_PIXELS, SkipsUnreadable, find_images, read_image
+from lstmdet.data.video_dataset import CocoVideo
 from lstmdet.errors import LstmdetError
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ class YoloDetection(_FileDetection):
 
 @hookimpl
 def lstmdet_register_datasets(registry: Registrar) -> None:
-    """Register ``coco`` and ``yolo``."""
+    """Register ``coco``, ``yolo`` and ``coco_video`` (clips read from video files)."""
     registry.add("coco", CocoDetection)
     registry.add("yolo", YoloDetection)
+    registry.add("coco_video", CocoVideo)

@@ -3,12 +3,15 @@
 ::
 
     lstmdet data digits-det OUT [--images N] [--seed S] [--size PX] [--split train|test] [--exist-ok]
-    lstmdet data digits-video OUT [--clips N] [--frames T] [--seed S] [--size PX] [--split train|test] [--exist-ok]
+    lstmdet data digits-video OUT [--clips N] [--frames T] [--seed S] [--size PX] [--split train|test]
+        [--format png|jpg|mp4] [--fps N] [--exist-ok]
     lstmdet data convert yolo SRC OUT_JSON [--names YAML] [--missing-labels error|empty]
 
 The generated datasets are built through the registry (``digits_det`` / ``digits_video``), so the
 files hold exactly what training on ``{name: digits_det, ...}`` sees. Output: ``OUT/images/`` and
-``OUT/annotations.json`` (see :func:`lstmdet.data.coco.write_coco_dataset`).
+``OUT/annotations.json`` (see :func:`lstmdet.data.coco.write_coco_dataset`); clips with ``--format mp4``:
+``OUT/videos/*.mp4`` (H.264) and COCO-VID ``OUT/annotations.json``
+(:func:`lstmdet.data.video_dataset.write_video_dataset`), read back by the ``coco_video`` dataset.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "digits-video",
         help="write digits_video clips (moving, sometimes occluded digits) as COCO with videos and tracks",
         description="Write Moving-MNIST-style clips: OUT/images/<video>/<frame>.png and OUT/annotations.json "
-        "(images carry video_id and frame_index, annotations track_id).",
+        "(images carry video_id and frame_index, annotations track_id); with --format mp4 one H.264 video per "
+        "clip, OUT/videos/<video>.mp4, and COCO-VID OUT/annotations.json (videos; images with video_id and "
+        "frame_id) that the coco_video dataset trains from.",
     )
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--clips", type=positive_int, default=200, help="number of clips (default 200)")
@@ -62,7 +67,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=positive_int, default=96, help="frame side in pixels (default 96)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="MNIST-10k protocol digits to draw: train (default) or test, the held-out ones")  # fmt: skip
-    p.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format (default png)")
+    p.add_argument("--format", choices=("png", "jpg", "mp4"), default="png",
+                   help="png or jpg frame files (default png), or mp4: one H.264 video per clip")  # fmt: skip
+    p.add_argument("--fps", type=positive_int, default=10, help="--format mp4: frames per second (default 10)")
     p.add_argument("--exist-ok", action="store_true", help=EXIST_OK_HELP)
     p.set_defaults(func=run_generate, dataset="digits_video")
 
@@ -111,10 +118,17 @@ def run_generate(args: argparse.Namespace) -> int:
         raise LstmdetError(f"{args.dataset}: {exc}") from None
     unit = "images" if args.dataset == "digits_det" else "clips"
     with progress(total=len(dataset), desc=args.dataset.replace("_", "-"), unit=unit) as bar:
-        summary = write_coco_dataset(
-            dataset, args.out, image_format=args.format, on_item=bar.update, exist_ok=args.exist_ok
-        )
+        if args.format == "mp4":
+            from lstmdet.data.video_dataset import write_video_dataset
+
+            summary = write_video_dataset(dataset, args.out, fps=args.fps, on_item=bar.update, exist_ok=args.exist_ok)
+        else:
+            summary = write_coco_dataset(
+                dataset, args.out, image_format=args.format, on_item=bar.update, exist_ok=args.exist_ok
+            )
     videos = f" in {summary['videos']} clips" if summary["videos"] else ""
+    if args.format == "mp4":
+        videos += " (H.264 MP4)"
     print(
         f"wrote {summary['images']} images{videos} with {summary['annotations']} boxes "
         f"({args.dataset}, split {args.split}, seed {args.seed}) to {summary['json']}"

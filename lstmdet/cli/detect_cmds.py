@@ -56,7 +56,11 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``detect`` (shared with ``submit detect``), ``--resume`` and ``--quiet`` aside."""
     from lstmdet.data.images import DEFAULT_MAX_PIXELS
 
-    p.add_argument("src", metavar="SRC", help="image file, or folder searched recursively")
+    p.add_argument(
+        "src", metavar="SRC",
+        help="image or video file, folder searched recursively, or a stream URL FFmpeg opens (rtsp://, http(s)://, "
+        "file: ...)",
+    )  # fmt: skip
     p.add_argument(
         "--weights", metavar="CKPT",
         help="checkpoint file, or 'default' (also when left out): the model shipped with lstmdet",
@@ -99,6 +103,8 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_video_arguments(p: argparse.ArgumentParser) -> None:
     """The video options of ``detect`` (in-process only: queued jobs read images)."""
+    from lstmdet.data.video import DEFAULT_STREAM_TIMEOUT
+
     g = p.add_argument_group("video files", "how frames are selected and written; images ignore these options")
     g.add_argument("--vid-stride", type=positive_int, metavar="N", help="process every N-th frame (default 1: all)")
     g.add_argument(
@@ -108,7 +114,16 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--end", type=positive_number, metavar="S", help="seconds: stop before the first frame at or after it"
     )
-    g.add_argument("--max-frames", type=positive_int, metavar="N", help="process at most N frames of each video")
+    g.add_argument(
+        "--max-frames", type=positive_int, metavar="N",
+        help="process at most N frames of each video (of a live stream: then stop; Ctrl-C stops it too, and either "
+        "way the outputs are complete)",
+    )  # fmt: skip
+    g.add_argument(
+        "--stream-timeout", type=positive_number, metavar="S",
+        help=f"SRC a stream URL (rtsp://, http(s)://, file: ...): seconds without data, while opening or "
+        f"reading, before it is given up with an error line (default {DEFAULT_STREAM_TIMEOUT:g})",
+    )  # fmt: skip
     g.add_argument(
         "--save-video", action="store_true", default=None,
         help="also write annotated videos (H.264 MP4, same frame rate and size) under DIR/videos/",
@@ -124,7 +139,8 @@ def detect_options(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size, "workers": args.workers, "score_thresh": args.conf, "nms_thresh": args.iou,
         "max_detections": args.max_det, "agnostic_nms": args.agnostic_nms, "device": args.device, "half": args.half,
         "save_images": args.save_images, "sequence": args.sequence, "max_pixels": args.max_pixels,
-        **{key: getattr(args, key, None) for key in ("vid_stride", "start", "end", "max_frames", "save_video")},
+        **{key: getattr(args, key, None) for key in ("vid_stride", "start", "end", "max_frames", "save_video",
+                                                     "stream_timeout")},
     }  # fmt: skip
     return {key: value for key, value in given.items() if value is not None}
 
@@ -150,6 +166,8 @@ def run_detect(args: argparse.Namespace) -> int:
     folders = "".join(f", {name}/" for name in (ANNOTATED, ANNOTATED_VIDEOS) if (Path(args.out) / name).is_dir())
     print(f"outputs in {args.out}: {files}{folders}")
     resumed = f", {summary['resumed']} kept from the earlier run" if summary["resumed"] else ""
+    if summary.get("interrupted"):
+        print(f"stream stopped by Ctrl-C; the outputs hold the {summary['frames']} frames read", file=sys.stderr)
     if "fps" in summary:  # the run had video files
         print(
             f"images: {summary['images']}, videos: {summary['videos']} ({summary['frames']} frames, "

@@ -12,6 +12,11 @@
 * :func:`probe_video` reads size, frame rate, frame count and duration from the header.
 * :class:`VideoEncoder` writes RGB frames as an H.264 MP4.
 
+Streams. :func:`read_frames` also reads a URL FFmpeg opens (:func:`is_stream_url`: ``rtsp://``,
+``http(s)://``, ``file:`` ...). Opening it and every later read give up after ``timeout`` seconds
+without data (:data:`DEFAULT_STREAM_TIMEOUT`, ``--stream-timeout``) with a :class:`VideoReadError`
+saying so; a stream that ends (the server closes it) ends the frames like the end of a file.
+
 Anything that cannot be read raises :class:`VideoReadError`, whose ``reason`` says what was wrong;
 an error in the middle of a video is raised after the frames decoded before it were yielded.
 """
@@ -21,11 +26,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from queue import Full, Queue
+from queue import Empty, Full, Queue
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,13 @@ from lstmdet.fileio import atomic_path
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
 #: Frame rate assumed for a stream that declares none (only for writing and frame indices).
 FALLBACK_FPS = Fraction(25)
+#: URL schemes read as streams (lower case); anything else is a file path.
+STREAM_SCHEMES: tuple[str, ...] = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://",
+                                   "srt://", "file:")  # fmt: skip
+#: Seconds a stream may stay silent (while opening, and between reads) before the run gives up on it.
+DEFAULT_STREAM_TIMEOUT = 10.0
+#: Time base of written videos: the MPEG 90 kHz clock (whole ticks for 24, 25, 30, 30000/1001, 60 ... fps).
+ENCODER_TIME_BASE = Fraction(1, 90000)
 
 
 class VideoReadError(LstmdetError):
@@ -46,6 +58,11 @@ class VideoReadError(LstmdetError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read video {self.path}: {reason}")
+
+
+def is_stream_url(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is a stream URL (one of :data:`STREAM_SCHEMES`, any case) rather than a file path."""
+    return isinstance(source, str) and source.lower().startswith(STREAM_SCHEMES)
 
 
 def is_animated_gif(path: str | os.PathLike) -> bool:
@@ -101,10 +118,15 @@ class DecodedFrame:
     image: np.ndarray
 
 
-def _open(path: Path) -> tuple[Any, Any]:
-    """``(container, video stream)``; raises :class:`VideoReadError` naming the reason."""
+def _open(path: Path | str, timeout: float | None = None) -> tuple[Any, Any]:
+    """``(container, video stream)`` of a file or a stream URL (given as ``str``); raises :class:`VideoReadError`.
+
+    ``timeout``: seconds without data before giving up (opening and each read); streams only.
+    """
     import av
 
+    if isinstance(path, str):
+        return _open_stream(path, DEFAULT_STREAM_TIMEOUT if timeout is None else timeout)
     try:
         if path.is_dir():
             raise VideoReadError(path, "it is a folder, not a file")
@@ -121,6 +143,24 @@ def _open(path: Path) -> tuple[Any, Any]:
         raise VideoReadError(path, "the file has no video stream (audio only?)")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads
+    return container, stream
+
+
+def _open_stream(url: str, timeout: float) -> tuple[Any, Any]:
+    import av
+
+    try:
+        container = av.open(url, mode="r", metadata_errors="ignore", timeout=timeout)
+    except av.error.ExitError:  # PyAV's interrupt callback: nothing came within ``timeout``
+        raise VideoReadError(url, f"no answer within {timeout:g} s; check the URL, or raise --stream-timeout "
+                             "for a slow source") from None  # fmt: skip
+    except Exception as exc:
+        raise VideoReadError(url, f"FFmpeg cannot open the stream ({_why(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(url, "the stream has no video")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
     return container, stream
 
 
@@ -141,16 +181,20 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     """
     container, stream = _open(Path(path))
     try:
-        fps = _fps(stream)
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000  # AV_TIME_BASE
-        frames = stream.frames or (round(duration * fps) if duration is not None and fps else None)
-        return VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, frames, duration)
+        return _info(container, stream)
     finally:
         container.close()
+
+
+def _info(container: Any, stream: Any) -> VideoInfo:
+    fps = _fps(stream)
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000  # AV_TIME_BASE
+    frames = stream.frames or (round(duration * fps) if duration is not None and fps else None)
+    return VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, frames, duration)
 
 
 def display_transform(matrix: np.ndarray | None) -> tuple[bool, bool, bool]:
@@ -211,8 +255,18 @@ def to_display(image: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndar
 
 
 def _decode(container: Any, stream: Any) -> Iterator[Any]:
-    """The decoded frames of ``stream`` (a seam for tests)."""
-    return container.decode(stream)
+    """The decoded frames of ``stream`` (a seam for tests).
+
+    When reading or decoding fails (a corrupt packet, a stream whose connection closes), the frames
+    the decoder still holds (its threads keep a few) are yielded before the error is raised again.
+    """
+    try:
+        for packet in container.demux(stream):
+            yield from stream.decode(packet)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            yield from stream.decode(None)
+        raise exc
 
 
 def read_frames(
@@ -223,8 +277,10 @@ def read_frames(
     end: float | None = None,
     max_frames: int | None = None,
     max_pixels: int | None = None,
+    timeout: float | None = None,
+    on_open: Callable[[VideoInfo], None] | None = None,
 ) -> Iterator[DecodedFrame]:
-    """The frames of a video, one at a time, as displayed, in 8-bit RGB.
+    """The frames of a video file or stream, one at a time, as displayed, in 8-bit RGB.
 
     Frames are selected in this order: those at or after ``start`` and before ``end``, of those
     every ``stride``-th (the first one kept), of those the first ``max_frames``. With ``start``
@@ -232,12 +288,15 @@ def read_frames(
     dropped.
 
     Args:
-        path: Video file (any container and codec FFmpeg reads; an animated GIF).
+        path: Video file (any container and codec FFmpeg reads; an animated GIF), or a stream URL
+            (a ``str`` for which :func:`is_stream_url` holds).
         stride: Keep every ``stride``-th frame.
         start: Seconds; ``None`` or 0 from the first frame.
         end: Seconds, exclusive; ``None`` to the last frame.
         max_frames: Stop after this many frames; ``None``: no limit.
         max_pixels: Largest stored ``width * height`` accepted (checked on the header).
+        timeout: Streams: seconds without data before giving up (``None``: :data:`DEFAULT_STREAM_TIMEOUT`).
+        on_open: Called with the header's :class:`VideoInfo` once the video is open, before the first frame.
 
     Yields:
         :class:`DecodedFrame` items in presentation order.
@@ -246,8 +305,8 @@ def read_frames(
         VideoReadError: Before the first frame when the file cannot be opened; after the frames
             decoded so far when decoding stops in the middle.
     """
-    path = Path(path)
-    container, stream = _open(path)
+    path = path if is_stream_url(path) else Path(path)
+    container, stream = _open(path, timeout)
     try:
         width, height = stream.codec_context.width, stream.codec_context.height
         if max_pixels is not None and width * height > max_pixels:
@@ -255,13 +314,21 @@ def read_frames(
                 path, f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}; raise "
                 "max_pixels (--max-pixels) if the video is genuine",
             )  # fmt: skip
+        if on_open is not None:
+            on_open(_info(container, stream))
         yield from _select(path, container, stream, stride, start, end, max_frames)
     finally:
         container.close()
 
 
 def _select(
-    path: Path, container: Any, stream: Any, stride: int, start: float | None, end: float | None, limit: int | None
+    path: Path | str,
+    container: Any,
+    stream: Any,
+    stride: int,
+    start: float | None,
+    end: float | None,
+    limit: int | None,
 ) -> Iterator[DecodedFrame]:
     time_base = stream.time_base or Fraction(1, 1)
     origin = stream.start_time or 0
@@ -281,6 +348,9 @@ def _select(
             return
         except Exception as exc:  # av.FFmpegError (corrupt data), or a conversion failure
             where = "before the first frame" if index in (None, 0) else f"after frame {index - 1}"
+            if type(exc).__name__ == "ExitError":  # a stream's read time-out (PyAV's interrupt callback)
+                raise VideoReadError(path, f"the stream sent nothing for too long (--stream-timeout); stopped "
+                                     f"{where}") from None  # fmt: skip
             raise VideoReadError(path, f"decoding stopped {where} ({_why(exc)})") from None
         if frame.pts is not None:
             timestamp = float((frame.pts - origin) * time_base)
@@ -306,7 +376,9 @@ def _select(
         yield DecodedFrame(current, round(timestamp, 6), to_display(image, transform))
 
 
-def decode_ahead(frames: Iterator[DecodedFrame], depth: int) -> Iterator[DecodedFrame]:
+def decode_ahead(
+    frames: Iterator[DecodedFrame], depth: int, end: threading.Event | None = None
+) -> Iterator[DecodedFrame]:
     """``frames`` decoded in a background thread while the caller works (FFmpeg releases the GIL).
 
     At most ``depth`` frames wait at a time, so memory stays flat. An exception of ``frames``
@@ -316,6 +388,9 @@ def decode_ahead(frames: Iterator[DecodedFrame], depth: int) -> Iterator[Decoded
     Args:
         frames: A :func:`read_frames` generator (not yet started).
         depth: Frames decoded ahead (>= 1).
+        end: Set from elsewhere (Ctrl-C on a live stream): the frames end as if the video did, at
+            once, without the frames still waiting. The thread, which may be waiting for a silent
+            stream, then gets a second to finish; it is left to end on its own after that.
     """
     queue: Queue = Queue(maxsize=max(1, depth))
     stop = threading.Event()
@@ -344,15 +419,19 @@ def decode_ahead(frames: Iterator[DecodedFrame], depth: int) -> Iterator[Decoded
     thread.start()
     try:
         while True:
-            kind, item = queue.get()
-            if kind == "end":
+            try:
+                kind, item = queue.get(timeout=0.1) if end is not None else queue.get()
+            except Empty:
+                kind, item = "wait", None
+            if (end is not None and end.is_set()) or kind == "end":
                 return
             if kind == "error":
                 raise item
-            yield item
+            if kind == "frame":
+                yield item
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=1.0 if end is not None and end.is_set() else None)
 
 
 class VideoEncoder:
@@ -360,7 +439,8 @@ class VideoEncoder:
 
     The file is written under a temporary name and renamed into place by :meth:`close`, also when
     the run is interrupted (the frames so far form a complete, playable file). Frames are placed at
-    their timestamps, so a video written with a stride or a start keeps its timing. Sizes with an
+    their timestamps (on a 90 kHz clock, exact for the usual frame rates), so a video written with a
+    stride or a start, or one of variable frame rate, keeps its timing. Sizes with an
     odd side use 4:4:4 chroma (4:2:0 needs even sides).
 
     Args:
@@ -368,18 +448,22 @@ class VideoEncoder:
         width: Frame width.
         height: Frame height.
         fps: Frame rate (the time base of the timestamps).
+        crf: x264's constant rate factor: 0 lossless, 20 (default) visually clean, higher smaller.
     """
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction) -> None:
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction, crf: int = 20) -> None:
         import av
 
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(path))
         self.fps, self.width, self.height = Fraction(fps).limit_denominator(1001 * 1000), width, height
         self._container = av.open(str(tmp), mode="w", format="mp4")
-        self._stream = self._container.add_stream("libx264", rate=self.fps, options={"preset": "veryfast", "crf": "20"})
+        self._stream = self._container.add_stream(
+            "libx264", rate=self.fps, options={"preset": "veryfast", "crf": str(crf)}
+        )
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self._stream.codec_context.time_base = ENCODER_TIME_BASE
         self._last = -1
 
     def write(self, image: np.ndarray, timestamp: float) -> None:
@@ -387,7 +471,8 @@ class VideoEncoder:
         import av
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        self._last = frame.pts = max(round(timestamp * self.fps), self._last + 1)
+        frame.time_base = ENCODER_TIME_BASE
+        self._last = frame.pts = max(round(timestamp / ENCODER_TIME_BASE), self._last + 1)
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 

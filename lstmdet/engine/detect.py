@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from lstmdet.boxes import class_agnostic_nms
 from lstmdet.engine.detect_inputs import ImageFiles, Inputs, Plan, as_list, batches, list_inputs
 from lstmdet.engine.detect_options import AGNOSTIC_IOU, DetectOptions, head_options, options_record, resume_options
-from lstmdet.engine.detect_video import detect_videos
+from lstmdet.engine.detect_video import detect_videos, stream_interrupts
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.malloc import keep_freed_memory
 from lstmdet.engine.progress import progress as progress_display
@@ -306,12 +306,13 @@ def detect(
             JsonlAppender(jsonl, keep).close()  # cut what an interrupted run left after its last whole video
             processed, loop_seconds = 0, 0.0
         fps = None
-        if inputs.video_files:
-            _, frames, video_seconds = detect_videos(
-                _runner(detector, opts), inputs, jsonl, opts, out=out, done=done, progress=progress,
-                should_stop=should_stop,
-            )  # fmt: skip
-            fps = frames / video_seconds if video_seconds > 0 else 0.0
+        with stream_interrupts(enabled=inputs.url is not None) as ended:  # Ctrl-C ends a live stream cleanly
+            if inputs.video_files:
+                _, frames, video_seconds = detect_videos(
+                    _runner(detector, opts), inputs, jsonl, opts, out=out, done=done, progress=progress,
+                    should_stop=should_stop, ended=ended,
+                )  # fmt: skip
+                fps = frames / video_seconds if video_seconds > 0 else 0.0
         counts = finalize(out, inputs.files, videos=bool(inputs.video_files))
     seconds = time.perf_counter() - started
     summary = summary_record(
@@ -319,6 +320,8 @@ def detect(
         seconds=seconds, images_per_s=processed / loop_seconds if loop_seconds > 0 else 0.0,
         resumed=sum(name in done for name in inputs.files), fps=fps,
     )  # fmt: skip
+    if inputs.url is not None:
+        summary["interrupted"] = ended.is_set()
     atomic_write_json(out / SUMMARY, summary)
     return summary
 

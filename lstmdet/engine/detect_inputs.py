@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lstmdet.data.images import IMAGE_EXTENSIONS, ImageReadError, find_images, read_image_sized
-from lstmdet.data.video import VIDEO_EXTENSIONS, is_animated_gif, is_video_file
+from lstmdet.data.video import VIDEO_EXTENSIONS, is_animated_gif, is_stream_url, is_video_file
 from lstmdet.errors import LstmdetError
 from lstmdet.transforms import resize_for_detection
 
@@ -40,6 +40,7 @@ class Inputs:
         frames: Sequence mode: each file's index among its video's frames.
         video_files: Video files (and animated GIFs) relative to ``root``, sorted; they follow
             the images in the output.
+        url: The stream URL when SRC is one (then the one entry of ``video_files``, as given).
     """
 
     root: Path
@@ -47,11 +48,16 @@ class Inputs:
     videos: list[str] | None = None
     frames: list[int] | None = None
     video_files: list[str] = field(default_factory=list)
+    url: str | None = None
 
     @property
     def files(self) -> list[str]:
         """Every input in output order: the images (input order), then the video files."""
         return self.names + self.video_files
+
+    def source(self, name: str) -> Path | str:
+        """What to open for input ``name``: the stream URL, or the file under :attr:`root`."""
+        return self.url if name == self.url and self.url is not None else self.root / name
 
 
 def list_inputs(src: str | Path, out: str | Path, *, sequence: bool = False) -> Inputs:
@@ -59,14 +65,18 @@ def list_inputs(src: str | Path, out: str | Path, *, sequence: bool = False) -> 
 
     A folder is searched recursively (sorted, extensions in any case, hidden entries skipped,
     symbolic links followed without loops, the ``out`` folder left out when it lies inside SRC);
-    a file is taken as it is. Files with :data:`~lstmdet.data.video.VIDEO_EXTENSIONS` and GIFs
-    with more than one frame are videos (:attr:`Inputs.video_files`); the rest are images.
+    a file is taken as it is, and so is a stream URL (:func:`~lstmdet.data.video.is_stream_url`:
+    ``rtsp://``, ``http(s)://``, ``file:`` ...; a path that exists is a path). Files with
+    :data:`~lstmdet.data.video.VIDEO_EXTENSIONS` and GIFs with more than one frame are videos
+    (:attr:`Inputs.video_files`); the rest are images.
 
     Raises:
         LstmdetError: SRC is missing or holds no image or video files; in sequence mode, SRC is an
             image file, or no sub-folder of SRC holds frames (all images lie directly in SRC: not
             one folder per video).
     """
+    if is_stream_url(str(src)) and not Path(src).exists():
+        return Inputs(Path("."), [], video_files=[str(src)], url=str(src))
     src = Path(src)
     if src.is_file():
         if is_video_file(src):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lstmdet.data.images import DEFAULT_MAX_PIXELS
+from lstmdet.data.video import DEFAULT_STREAM_TIMEOUT
 from lstmdet.errors import LstmdetError
 from lstmdet.options import check_bool, check_float, check_int
 
@@ -47,7 +48,8 @@ class DetectOptions:
 
     Video files: ``vid_stride`` (every N-th frame), ``start`` / ``end`` (seconds, ``end``
     exclusive), ``max_frames`` (per video) select the frames; ``save_video`` writes annotated
-    MP4s. They change nothing for images.
+    MP4s. They change nothing for images. ``stream_timeout``: seconds a stream URL may stay silent
+    (opening it, and between reads) before it is given up with an error line.
     """
 
     batch_size: int = 8
@@ -66,6 +68,7 @@ class DetectOptions:
     end: float | None = None
     max_frames: int | None = None
     save_video: bool = False
+    stream_timeout: float = DEFAULT_STREAM_TIMEOUT
 
     def __post_init__(self) -> None:
         check_int(self.batch_size, "batch_size (--batch-size)", "detect", minimum=1)
@@ -86,6 +89,7 @@ class DetectOptions:
             check_float(self.start, "start (--start)", "detect", low=0.0)
         if self.end is not None:
             check_float(self.end, "end (--end)", "detect", low=0.0, low_open=True)
+        check_float(self.stream_timeout, "stream_timeout (--stream-timeout)", "detect", low=0.0, low_open=True)
         if self.start is not None and self.end is not None and self.start >= self.end:
             raise LstmdetError(
                 f"detect: --start ({self.start} s) must come before --end ({self.end} s); --end is the first time "
@@ -160,14 +164,14 @@ def head_options(detector: Detector, opts: DetectOptions) -> Iterator[dict[str, 
 
 
 #: Options ``options.json`` does not record: they change how fast a run goes, not what it writes.
-NOT_RECORDED = ("workers",)
+NOT_RECORDED = ("workers", "stream_timeout")
 #: Option -> its command-line flag, for messages.
 FLAGS = {
     "batch_size": "--batch-size", "workers": "--workers", "score_thresh": "--conf", "nms_thresh": "--iou",
     "max_detections": "--max-det", "agnostic_nms": "--agnostic-nms", "device": "--device", "half": "--half",
     "save_images": "--save-images", "sequence": "--sequence", "max_pixels": "--max-pixels", "weights": "--weights",
     "vid_stride": "--vid-stride", "start": "--start", "end": "--end", "max_frames": "--max-frames",
-    "save_video": "--save-video",
+    "save_video": "--save-video", "stream_timeout": "--stream-timeout",
 }  # fmt: skip
 
 

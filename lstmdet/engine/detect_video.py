@@ -24,13 +24,25 @@ the processed frames with boxes, labels and scores drawn as ``--save-images`` dr
 video's frame rate and size, H.264. An interrupted run (Ctrl-C, a cancelled job) still closes the
 video it was writing into a complete, playable file, and leaves ``detections.jsonl`` with whole
 lines only; ``--resume`` then runs that video again.
+
+Streams. SRC may be a stream URL (``rtsp://``, ``http(s)://``, ``file:`` ...): it is one video whose
+``file`` is the URL and whose annotated copy is ``OUT/videos/<URL made a file name>.mp4``. A live
+stream ends at ``--max-frames``, when the server ends it (the frames read are kept, no error), when
+nothing comes for ``--stream-timeout`` seconds (an error line after the frames read), or on Ctrl-C:
+:func:`stream_interrupts` turns the first SIGINT into the end of the stream, so the run finishes
+its outputs as for a video that ended (a second Ctrl-C aborts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +54,7 @@ from lstmdet.data.video import (
     FALLBACK_FPS,
     DecodedFrame,
     VideoEncoder,
+    VideoInfo,
     VideoReadError,
     decode_ahead,
     probe_video,
@@ -88,8 +101,45 @@ class AnnotatedVideoWriter:
             self._encoder.close()
 
 
-def expected_frames(path: Path, opts: DetectOptions) -> int | None:
-    """About how many frames of ``path`` the options select (for the progress bar), ``None`` if unknown."""
+@contextlib.contextmanager
+def stream_interrupts(enabled: bool = True) -> Iterator[threading.Event]:
+    """While inside, the first Ctrl-C (SIGINT) sets the yielded event instead of raising.
+
+    Pass the event to :func:`detect_videos` as ``ended``: a live stream then ends there, and the
+    run writes complete outputs. A second Ctrl-C raises :class:`KeyboardInterrupt` as usual. Off
+    the main thread (where Python cannot take signals), or with ``enabled`` False, nothing is installed.
+    """
+    ended = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield ended
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if ended.is_set():
+            raise KeyboardInterrupt
+        ended.set()
+        print("Ctrl-C: ending the stream here and writing the outputs (Ctrl-C again to abort)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield ended
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def saved_name(name: str, url: str | None) -> str:
+    """The name ``--save-video`` writes video ``name`` under: itself, or for the stream ``url`` a file name
+    made of it (``rtsp://cam:554/live`` -> ``cam_554_live``)."""
+    if name != url:
+        return name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.split(":", 1)[1]).strip("._") or "stream"
+
+
+def expected_frames(path: Path | str, opts: DetectOptions) -> int | None:
+    """About how many frames of ``path`` the options select (for the progress bar), ``None`` if unknown
+    (a stream URL, given as ``str``, is not probed)."""
+    if isinstance(path, str):
+        return opts.max_frames
     try:
         info = probe_video(path)
     except VideoReadError:
@@ -112,6 +162,7 @@ def detect_videos(
     done: Container[str] = (),
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    ended: threading.Event | None = None,
 ) -> tuple[int, int, float]:
     """Detect the video files of ``inputs`` and append their lines to ``jsonl`` (after its content).
 
@@ -125,12 +176,14 @@ def detect_videos(
         done: Videos whose lines an earlier run kept (skipped).
         progress: Show a progress bar (frames/s).
         should_stop: Checked between batches; True raises :class:`~lstmdet.errors.Cancelled`.
+        ended: Set from elsewhere (:func:`stream_interrupts`): the video being read ends there, as
+            if its last frame had come, and so do the ones after it.
 
     Returns:
         ``(lines written, frames with detections, seconds of the loop)``.
     """
     todo = [name for name in inputs.video_files if name not in done]
-    estimates = [expected_frames(inputs.root / name, opts) for name in todo] if progress else [None]
+    estimates = [expected_frames(inputs.source(name), opts) for name in todo] if progress else [None]
     total = None if any(e is None for e in estimates) else sum(estimates)
     bar = progress_display(total=total, unit="frames", desc="detect videos", enabled=progress)
     writer = JsonlAppender(jsonl, jsonl.stat().st_size if jsonl.is_file() else 0)
@@ -139,7 +192,9 @@ def detect_videos(
     started = time.perf_counter()
     try:
         for name in todo:
-            video.run(inputs.root / name, name, opts, out, should_stop)
+            if ended is not None and ended.is_set():
+                break
+            video.run(inputs.source(name), name, opts, out, should_stop, ended, saved_name(name, inputs.url))
     finally:
         writer.close()
         bar.close()
@@ -154,20 +209,24 @@ class _Video:
         self.lines = self.frames = 0
 
     def run(
-        self, path: Path, name: str, opts: DetectOptions, out: Path, should_stop: Callable[[], bool] | None
-    ) -> None:
-        """Detect video ``name`` (at ``path``): its frame lines, then an error line if decoding stopped."""
+        self, path: Path | str, name: str, opts: DetectOptions, out: Path, should_stop: Callable[[], bool] | None,
+        ended: threading.Event | None = None, saved: str | None = None,
+    ) -> None:  # fmt: skip
+        """Detect video ``name`` (at ``path``, a file or a stream URL): its frame lines, then an error line if
+        decoding stopped. ``saved``: the name of its ``--save-video`` copy (default ``name``)."""
         self.runner.video = None  # a fresh state for every video
         drawer = None
         if opts.save_video:
-            try:
-                fps = probe_video(path).fps or FALLBACK_FPS
-            except VideoReadError:
-                fps = FALLBACK_FPS  # read_frames reports the problem
-            drawer = AnnotatedVideoWriter(annotated_video_path(out, name), fps)
+            drawer = AnnotatedVideoWriter(annotated_video_path(out, saved or name), FALLBACK_FPS)
+
+        def opened(info: VideoInfo) -> None:  # in the decoding thread, before the first frame is handed over
+            if drawer is not None:
+                drawer.fps = info.fps or FALLBACK_FPS
+
         frames = decode_ahead(read_frames(path, stride=opts.vid_stride, start=opts.start, end=opts.end,
-                                          max_frames=opts.max_frames, max_pixels=opts.max_pixels),
-                              depth=opts.batch_size)  # fmt: skip
+                                          max_frames=opts.max_frames, max_pixels=opts.max_pixels,
+                                          timeout=opts.stream_timeout, on_open=opened),
+                              depth=opts.batch_size, end=ended)  # fmt: skip
         error, batch, written = None, [], 0
         try:
             while True:
@@ -183,7 +242,9 @@ class _Video:
                     batch = []
             if batch:
                 written += self._batch(name, batch, drawer, should_stop)
-            if error is None and written == 0:
+            if error is None and written == 0 and ended is not None and ended.is_set():
+                error = "stopped by Ctrl-C before the first frame came"
+            elif error is None and written == 0:
                 window = f"between --start {opts.start or 0} s and --end {opts.end} s" if opts.end else (
                     f"at or after --start {opts.start} s" if opts.start else "")  # fmt: skip
                 error = f"the video has no frame {window}".rstrip()

@@ -19,6 +19,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from lstmdet import FeatureInfo
 from lstmdet.data.coco import yolo_to_coco
+from lstmdet.data.video_dataset import write_video_dataset
 from lstmdet.manager import current_registry
 
 REGISTRY = current_registry()
@@ -141,6 +142,10 @@ def _dataset_options(name: str, tmp_path: Path) -> dict:
     if name == "coco":
         yolo_to_coco(COCO30, tmp_path / "coco.json")
         return {"annotations": str(tmp_path / "coco.json"), "images": str(COCO30 / "images")}
+    if name == "coco_video":
+        digits = REGISTRY.create("datasets", "digits_video", clips=2, frames=3, size=32)
+        write_video_dataset(digits, tmp_path / "clips")
+        return {"annotations": str(tmp_path / "clips" / "annotations.json")}
     return {
         "mnist_idx": {"images": 8},
         "yolo": {"root": str(COCO30)},
