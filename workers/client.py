@@ -148,12 +148,20 @@ class JobClient:
         weights: str | Path | None = None,
         *,
         shard_size: int = DEFAULT_SHARD_SIZE,
+        chunk_frames: int | None = None,
+        warmup_frames: int | None = None,
         queue: str | None = None,
         **options: Any,
     ) -> str:
-        """Queue ``lstmdet detect SRC --out OUT``; ``options`` as for :func:`lstmdet.detect`."""
+        """Queue ``lstmdet detect SRC --out OUT``; ``options`` as for :func:`lstmdet.detect`.
+
+        Images run in shards of ``shard_size``, video files in chunks of ``chunk_frames`` processed
+        frames, each after ``warmup_frames`` frames that warm a stateful model up (``None``: the
+        defaults of :mod:`lstmdet.engine.video_chunks`, 256 and 16).
+        """
         spec = {"src": str(src), "out": str(out), "weights": None if weights is None else str(weights),
-                "options": options, "shard_size": shard_size}  # fmt: skip
+                "options": options, "shard_size": shard_size, "chunk_frames": chunk_frames,
+                "warmup_frames": warmup_frames}  # fmt: skip
         return self.submit("detect", spec, queue=queue)
 
     def submit_eval(

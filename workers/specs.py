@@ -11,7 +11,9 @@ Specs by kind:
 * ``train``: ``{"config": {...}, "out": DIR, "resume": false}``: the config as a dict (read and
   ``--set`` applied by the client), so the worker needs no config file.
 * ``detect``: ``{"src": DIR, "out": DIR, "weights": CKPT or null (``"default"`` becomes null: the
-  shipped model), "options": {DetectOptions}, "shard_size": 64}``.
+  shipped model), "options": {DetectOptions}, "shard_size": 256, "chunk_frames": 256,
+  "warmup_frames": 16}``: images in shards of ``shard_size``, video files in chunks of
+  ``chunk_frames`` frames (:mod:`lstmdet.engine.video_chunks`).
 * ``eval``: ``{"weights": CKPT or "default", "data": {...} or null, "out": FILE or null, "batch_size": 16,
   "device": "auto"}``.
 """
@@ -108,6 +110,7 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
         }
     if kind == "detect":
         from lstmdet.engine.detect_options import DetectOptions
+        from lstmdet.engine.video_chunks import DEFAULT_CHUNK_FRAMES, DEFAULT_WARMUP_FRAMES
 
         weights = spec.get("weights")
         shipped = weights is None or weights == SHIPPED
@@ -117,7 +120,11 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
             "weights": None if shipped else check_path(str(weights), roots, "detect --weights"),
             "options": DetectOptions.from_json(spec.get("options") or {}).to_json(),
             "shard_size": check_int(spec.get("shard_size", DEFAULT_SHARD_SIZE), "shard_size", job, minimum=1),
-        }
+            "chunk_frames": check_int(_given(spec, "chunk_frames", DEFAULT_CHUNK_FRAMES), "chunk_frames", job,
+                                      minimum=1),
+            "warmup_frames": check_int(_given(spec, "warmup_frames", DEFAULT_WARMUP_FRAMES), "warmup_frames", job,
+                                       minimum=0),
+        }  # fmt: skip
     data = spec.get("data")
     if data is not None:
         if not isinstance(data, dict) or "name" not in data:
@@ -133,3 +140,9 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
         "batch_size": check_int(spec.get("batch_size", 16), "batch_size", job, minimum=1),
         "device": str(spec.get("device", "auto")),
     }
+
+
+def _given(spec: dict[str, Any], key: str, default: Any) -> Any:
+    """``spec[key]``, or ``default`` when it is missing or ``None``."""
+    value = spec.get(key)
+    return default if value is None else value

@@ -305,8 +305,11 @@ def _shards_progress(job: _Delivery, plan: Any, done: int) -> None:
     claim queues the merge (:meth:`~lstmdet.workers.store.JobStore.claim_merge`).
     """
     job_id = job.job_id
-    job.store.progress(job_id, {"shards_done": done, "shards": len(plan.shards), "images": len(plan.names)}, done)
-    if done >= len(plan.shards) and job.store.claim_merge(job_id, job.task.request.id):
+    progress = {"shards_done": done, "shards": plan.count, "images": len(plan.names)}
+    if plan.video_files:
+        progress["videos"] = len(plan.video_files)
+    job.store.progress(job_id, progress, done)
+    if done >= plan.count and job.store.claim_merge(job_id, job.task.request.id):
         job.task.app.send_task("lstmdet.detect_merge", args=[job_id, job.spec], queue=job.queue)
         job.store.merge_queued(job_id)
 
@@ -316,17 +319,19 @@ def detect_task(task: Task, job: _Delivery) -> None:
     """Plan the shards of a folder and queue those not done yet."""
     from lstmdet.engine.detect_options import DetectOptions
     from lstmdet.engine.shards import plan_shards, shards_done
+    from lstmdet.engine.video_chunks import DEFAULT_CHUNK_FRAMES, DEFAULT_WARMUP_FRAMES
 
     spec, out = job.spec, Path(job.spec["out"])
     _clear_stale_plan(job.store, out)
     opts = DetectOptions.from_json(spec["options"])
     plan = plan_shards(spec["src"], out, MODELS.get(spec["weights"], opts.device), opts,
-                       shard_size=spec["shard_size"], job=job.job_id)  # fmt: skip
+                       shard_size=spec["shard_size"], chunk_frames=spec.get("chunk_frames") or DEFAULT_CHUNK_FRAMES,
+                       warmup_frames=spec.get("warmup_frames", DEFAULT_WARMUP_FRAMES), job=job.job_id)  # fmt: skip
     done = shards_done(out, plan)
     count = 0
     for index in done:
         count = job.store.shard_done(job.job_id, index)
-    for index in sorted(set(range(len(plan.shards))) - set(done)):
+    for index in sorted(set(range(plan.count)) - set(done)):
         task.app.send_task("lstmdet.detect_shard", args=[job.job_id, spec, index], queue=job.queue)
     _shards_progress(job, plan, count)
 

@@ -101,8 +101,9 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def add_video_arguments(p: argparse.ArgumentParser) -> None:
-    """The video options of ``detect`` (in-process only: queued jobs read images)."""
+def add_video_arguments(p: argparse.ArgumentParser, *, stream: bool = True) -> None:
+    """The video options of ``detect`` and ``submit detect`` (``stream``: with ``--stream-timeout``; a queued
+    job reads no live stream)."""
     from lstmdet.data.video import DEFAULT_STREAM_TIMEOUT
 
     g = p.add_argument_group("video files", "how frames are selected and written; images ignore these options")
@@ -119,11 +120,12 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
         help="process at most N frames of each video (of a live stream: then stop; Ctrl-C stops it too, and either "
         "way the outputs are complete)",
     )  # fmt: skip
-    g.add_argument(
-        "--stream-timeout", type=positive_number, metavar="S",
-        help=f"SRC a stream URL (rtsp://, http(s)://, file: ...): seconds without data, while opening or "
-        f"reading, before it is given up with an error line (default {DEFAULT_STREAM_TIMEOUT:g})",
-    )  # fmt: skip
+    if stream:
+        g.add_argument(
+            "--stream-timeout", type=positive_number, metavar="S",
+            help=f"SRC a stream URL (rtsp://, http(s)://, file: ...): seconds without data, while opening or "
+            f"reading, before it is given up with an error line (default {DEFAULT_STREAM_TIMEOUT:g})",
+        )  # fmt: skip
     g.add_argument(
         "--save-video", action="store_true", default=None,
         help="also write annotated videos (H.264 MP4, same frame rate and size) under DIR/videos/",

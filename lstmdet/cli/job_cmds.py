@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lstmdet.cli.arguments import non_negative_int, non_negative_number, positive_int
-from lstmdet.cli.detect_cmds import add_detect_arguments, detect_options
+from lstmdet.cli.detect_cmds import add_detect_arguments, add_video_arguments, detect_options
 from lstmdet.cli.train_cmds import add_eval_arguments, add_train_arguments, parse_data
 from lstmdet.workers.specs import KINDS
 from lstmdet.workers.store import FINAL, STATES
@@ -38,8 +38,23 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         sub = kinds.add_parser(kind, help=f"queue what `lstmdet {kind}` does")
         add(sub)
         if kind == "detect":
-            sub.add_argument("--shard-size", type=positive_int, default=256, metavar="N",
-                             help="images per shard; shards run on any worker (default 256)")  # fmt: skip
+            add_video_arguments(sub, stream=False)
+            sub.add_argument(
+                "--shard-size",
+                type=positive_int,
+                default=256,
+                metavar="N",
+                help="images per shard; shards run on any worker (default 256)",
+            )
+            sub.add_argument(
+                "--chunk-frames",
+                type=positive_int,
+                metavar="N",
+                help="video frames per chunk (after --vid-stride); chunks of a video run on any worker (default 256)",
+            )
+            sub.add_argument("--warmup-frames", type=non_negative_int, metavar="N",
+                             help="frames a recurrent (stateful) model runs before each chunk, not written, to warm "
+                             "its state up (default 16)")  # fmt: skip
         sub.add_argument("--queue", choices=("gpu", "cpu"), help="default: gpu when a cuda device is asked for, "
                          "cpu when cpu is, else LSTMDET_DEFAULT_QUEUE (cpu)")  # fmt: skip
         sub.add_argument("--wait", action="store_true", help="wait for the job to end and print its record")
@@ -153,8 +168,9 @@ def run_submit(args: argparse.Namespace) -> int:
         job = client.submit_train(Path(args.config), args.out, overrides=args.overrides, resume=args.resume,
                                   queue=args.queue)  # fmt: skip
     elif args.kind == "detect":
-        job = client.submit_detect(args.src, args.out, args.weights, shard_size=args.shard_size, queue=args.queue,
-                                   **detect_options(args))  # fmt: skip
+        job = client.submit_detect(args.src, args.out, args.weights, shard_size=args.shard_size,
+                                   chunk_frames=args.chunk_frames, warmup_frames=args.warmup_frames,
+                                   queue=args.queue, **detect_options(args))  # fmt: skip
     else:
         job = client.submit_eval(args.weights, data=parse_data(args.data), out=args.out, batch_size=args.batch_size,
                                  device=args.device, queue=args.queue)  # fmt: skip

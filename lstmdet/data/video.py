@@ -279,6 +279,7 @@ def read_frames(
     max_pixels: int | None = None,
     timeout: float | None = None,
     on_open: Callable[[VideoInfo], None] | None = None,
+    first_index: int | None = None,
 ) -> Iterator[DecodedFrame]:
     """The frames of a video file or stream, one at a time, as displayed, in 8-bit RGB.
 
@@ -297,6 +298,8 @@ def read_frames(
         max_pixels: Largest stored ``width * height`` accepted (checked on the header).
         timeout: Streams: seconds without data before giving up (``None``: :data:`DEFAULT_STREAM_TIMEOUT`).
         on_open: Called with the header's :class:`VideoInfo` once the video is open, before the first frame.
+        first_index: The index of the first frame at or after ``start`` when the caller knows it
+            (:func:`frame_times`); by default it is counted, or after a seek computed from its time.
 
     Yields:
         :class:`DecodedFrame` items in presentation order.
@@ -316,7 +319,7 @@ def read_frames(
             )  # fmt: skip
         if on_open is not None:
             on_open(_info(container, stream))
-        yield from _select(path, container, stream, stride, start, end, max_frames)
+        yield from _select(path, container, stream, stride, start, end, max_frames, first_index)
     finally:
         container.close()
 
@@ -329,6 +332,7 @@ def _select(
     start: float | None,
     end: float | None,
     limit: int | None,
+    first_index: int | None = None,
 ) -> Iterator[DecodedFrame]:
     time_base = stream.time_base or Fraction(1, 1)
     origin = stream.start_time or 0
@@ -337,7 +341,7 @@ def _select(
     if seek:
         with contextlib.suppress(Exception):  # a file that cannot seek is decoded from its start
             container.seek(origin + int(Fraction(start) / time_base), stream=stream, backward=True)
-    index = None if seek else 0
+    index = None if seek or first_index is not None else 0
     kept = selected = 0
     tagged = rotate_tag_transform(dict(stream.metadata or {}))
     frames = _decode(container, stream)
@@ -356,6 +360,10 @@ def _select(
             timestamp = float((frame.pts - origin) * time_base)
         else:
             timestamp = (index or 0) / float(fps or FALLBACK_FPS)
+        if index is None and first_index is not None:  # the caller knows the index of the first frame kept
+            if start is not None and timestamp + 1e-9 < start:
+                continue
+            index = first_index
         if index is None:  # the first frame after a seek: its index from its time
             index = round(timestamp * fps) if fps else 0
         current, index = index, index + 1
@@ -374,6 +382,38 @@ def _select(
         matrix = _display_matrix(frame)
         transform = display_transform(matrix) if matrix is not None else tagged
         yield DecodedFrame(current, round(timestamp, 6), to_display(image, transform))
+
+
+def frame_times(path: str | os.PathLike) -> tuple[list[float], bool]:
+    """The presentation time (seconds, unrounded: pass one as ``start`` to :func:`read_frames`) of every
+    frame of a video file, in order, read from the packets without decoding (a second or so for an hour of video).
+
+    Returns:
+        ``(times, complete)``: ``complete`` is False when the packets could not all be read (a
+        truncated or corrupt file) or some lack a time stamp; ``times`` then holds what was read.
+
+    Raises:
+        VideoReadError: The file cannot be opened.
+    """
+    container, stream = _open(Path(path))
+    time_base = stream.time_base or Fraction(1, 1)
+    origin = stream.start_time or 0
+    points: list[int] = []
+    complete = True
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's closing empty packet
+                continue
+            if packet.pts is None:
+                complete = False
+                continue
+            points.append(packet.pts)
+    except Exception:  # av.FFmpegError: the file breaks off here
+        complete = False
+    finally:
+        container.close()
+    points.sort()
+    return [float((pts - origin) * time_base) for pts in points], complete
 
 
 def decode_ahead(

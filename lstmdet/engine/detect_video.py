@@ -201,6 +201,46 @@ def detect_videos(
     return video.lines, video.frames, time.perf_counter() - started
 
 
+def detect_video_piece(
+    runner: _Runner,
+    path: Path,
+    name: str,
+    jsonl: Path,
+    opts: DetectOptions,
+    *,
+    out: Path,
+    first_index: int | None = None,
+    warmup: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[int, int, float]:
+    """Detect the frames of video ``name`` that ``opts`` select into a new ``jsonl`` (a chunk of a queued job).
+
+    Args:
+        runner: Runs the model (:class:`lstmdet.engine.detect._Runner`).
+        path: The video file.
+        name: Its ``file`` in the lines.
+        jsonl: The lines go here (the file is replaced).
+        opts: ``start`` and ``max_frames`` select the piece (:meth:`~lstmdet.engine.video_chunks.VideoChunk.options`).
+        out: The run's output folder.
+        first_index: The index of the frame at ``opts.start`` (``None``: counted as in process).
+        warmup: The first ``warmup`` frames read run through the model and are not written.
+        should_stop: Checked between batches; True raises :class:`~lstmdet.errors.Cancelled`.
+
+    Returns:
+        ``(lines written, frames with detections, seconds)``.
+    """
+    writer = JsonlAppender(jsonl, 0)
+    net_input = runner.model.config["model"]["input"]
+    bar = progress_display(total=None, unit="frames", desc="detect video", enabled=False)
+    video = _Video(runner, writer, bar, (net_input["size"], net_input["max_size"]), runner.device.type == "cuda")
+    started = time.perf_counter()
+    try:
+        video.run(path, name, opts, out, should_stop, first_index=first_index, warmup=warmup)
+    finally:
+        writer.close()
+    return video.lines, video.frames, time.perf_counter() - started
+
+
 class _Video:
     """Runs one video after another through the model, counting lines and frames."""
 
@@ -210,14 +250,21 @@ class _Video:
 
     def run(
         self, path: Path | str, name: str, opts: DetectOptions, out: Path, should_stop: Callable[[], bool] | None,
-        ended: threading.Event | None = None, saved: str | None = None,
+        ended: threading.Event | None = None, saved: str | None = None, *, first_index: int | None = None,
+        warmup: int = 0, drawn: Path | None = None,
     ) -> None:  # fmt: skip
         """Detect video ``name`` (at ``path``, a file or a stream URL): its frame lines, then an error line if
-        decoding stopped. ``saved``: the name of its ``--save-video`` copy (default ``name``)."""
+        decoding stopped. ``saved``: the name of its ``--save-video`` copy (default ``name``).
+
+        A piece of a video (:mod:`lstmdet.engine.video_chunks`) passes ``opts`` whose ``start`` and
+        ``max_frames`` select it, ``first_index`` (the index of its first frame), ``warmup`` (its
+        first frames run through the model, to warm a recurrent state up, and are not written) and
+        ``drawn`` (where its annotated frames go instead of ``OUT/videos/``).
+        """
         self.runner.video = None  # a fresh state for every video
         drawer = None
         if opts.save_video:
-            drawer = AnnotatedVideoWriter(annotated_video_path(out, saved or name), FALLBACK_FPS)
+            drawer = AnnotatedVideoWriter(drawn or annotated_video_path(out, saved or name), FALLBACK_FPS)
 
         def opened(info: VideoInfo) -> None:  # in the decoding thread, before the first frame is handed over
             if drawer is not None:
@@ -225,9 +272,9 @@ class _Video:
 
         frames = decode_ahead(read_frames(path, stride=opts.vid_stride, start=opts.start, end=opts.end,
                                           max_frames=opts.max_frames, max_pixels=opts.max_pixels,
-                                          timeout=opts.stream_timeout, on_open=opened),
+                                          timeout=opts.stream_timeout, on_open=opened, first_index=first_index),
                               depth=opts.batch_size, end=ended)  # fmt: skip
-        error, batch, written = None, [], 0
+        error, batch, written, skip = None, [], 0, warmup
         try:
             while True:
                 try:
@@ -237,11 +284,11 @@ class _Video:
                 except VideoReadError as exc:
                     error = exc.reason
                     break
-                if len(batch) == opts.batch_size:
-                    written += self._batch(name, batch, drawer, should_stop)
-                    batch = []
+                if len(batch) == (min(skip, opts.batch_size) or opts.batch_size):
+                    written += self._batch(name, batch, drawer, should_stop, write=not skip)
+                    skip, batch = max(0, skip - len(batch)), []
             if batch:
-                written += self._batch(name, batch, drawer, should_stop)
+                written += self._batch(name, batch, drawer, should_stop, write=not skip)
             if error is None and written == 0 and ended is not None and ended.is_set():
                 error = "stopped by Ctrl-C before the first frame came"
             elif error is None and written == 0:
@@ -259,13 +306,16 @@ class _Video:
 
     def _batch(
         self, name: str, batch: list[DecodedFrame], drawer: AnnotatedVideoWriter | None,
-        should_stop: Callable[[], bool] | None,
+        should_stop: Callable[[], bool] | None, write: bool = True,
     ) -> int:  # fmt: skip
-        """Run ``batch`` through the model and write its lines; returns how many."""
+        """Run ``batch`` through the model and write its lines; returns how many (0 when not ``write``:
+        warm-up frames)."""
         model = self.runner.model
         tensors = [model_input(frame.image, uint8=self.uint8, fit=self.fit) for frame in batch]
         items = [(i, tensor, None) for i, tensor in enumerate(tensors)]
         results = self.runner.run(items, [name] * len(items) if model.stateful else None)
+        if not write:
+            return 0
         for frame, tensor, result in zip(batch, tensors, results, strict=True):
             head = {"file": name, "frame_index": frame.index, "timestamp": frame.timestamp}
             if isinstance(result, str):

@@ -33,8 +33,11 @@ def test_video_options_reach_detect_and_not_submit(capsys):
     assert not {"vid_stride", "start", "end", "max_frames", "save_video"} & set(
         detect_options(build_parser().parse_args(["detect", "src", "--out", "out"]))
     )
-    assert main(["submit", "detect", "src", "--out", "out", "--save-video"]) == 2  # queued jobs read images only
-    assert "--save-video" in capsys.readouterr().err
+    assert main(["submit", "detect", "src", "--out", "out", "--stream-timeout", "3"]) == 2  # no live stream queued
+    assert "--stream-timeout" in capsys.readouterr().err
+    queued = build_parser().parse_args(["submit", "detect", "src", "--out", "out", "--vid-stride", "3", "--save-video",
+                                        "--chunk-frames", "64", "--warmup-frames", "8"])  # fmt: skip
+    assert (detect_options(queued)["vid_stride"], queued.chunk_frames, queued.warmup_frames) == (3, 64, 8)
 
 
 def test_detect_on_a_video_prints_frames_and_exits_1_on_a_bad_one(tmp_path, capsys):

@@ -91,7 +91,9 @@ CASES: list[tuple[list[str], dict[str, str]]] = [
     (["detect", "{images}", "--out", "{o}", "--end", "nan"], {}),
     (["detect", "{images}", "--out", "{o}", "--max-frames", "-2"], {}),
     (["detect", "{images}", "--out", "{o}", "--start", "5", "--end", "2"], {}),
-    (["submit", "detect", "{images}", "--out", "{o}", "--vid-stride", "2"], {}),  # queued jobs read no videos yet
+    (["submit", "detect", "{images}", "--out", "{o}", "--chunk-frames", "0"], {}),
+    (["submit", "detect", "{images}", "--out", "{o}", "--warmup-frames", "-1"], {}),
+    (["submit", "detect", "{images}", "--out", "{o}", "--stream-timeout", "3"], {}),  # queued jobs read no streams
     # data digits-det / digits-video
     (["data", "digits-det", "{afile}", "--images", "1"], {}),
     (["data", "digits-det", "{afile}/sub", "--images", "1"], {}),

@@ -116,12 +116,15 @@ def test_a_shard_refuses_other_thresholds_than_the_plan(tmp_path, weights):
     assert load_plan(tmp_path / "job").shards == [[0, 5]]  # 4 images + 1 broken file
 
 
-def test_a_job_refuses_video_files_with_a_message(tmp_path, weights):
+def test_a_job_plans_video_files_as_chunks_after_the_image_shards(tmp_path, weights):
+    from helpers import digit_clip, encode_video
+
     src = folder(tmp_path / "src", 2)
-    (src / "clip.mp4").write_bytes(b"")
+    encode_video(src / "clip.mp4", digit_clip(20, size=32), 10)
+    (src / "empty.mp4").write_bytes(b"")
     detector = open_detector(weights, device="cpu")
-    with pytest.raises(
-        LstmdetError, match=r"queued detect jobs do not read video files yet.*'clip\.mp4'.*lstmdet detect"
-    ):
-        plan_shards(src, tmp_path / "job", detector, DetectOptions(workers=0), job="job-1")
-    assert not (tmp_path / "job").exists()
+    plan = plan_shards(src, tmp_path / "job", detector, DetectOptions(workers=0, batch_size=4), chunk_frames=8, job="j")
+    assert plan.shards == [[0, 3]] and plan.video_files == ["clip.mp4", "empty.mp4"]
+    assert [(c["file"], c["first"]) for c in plan.chunks] == [("clip.mp4", 0), ("clip.mp4", 8), ("clip.mp4", 16),
+                                                              ("empty.mp4", 0)]  # fmt: skip
+    assert plan.count == 5 and load_plan(tmp_path / "job") == plan
