@@ -256,7 +256,9 @@ def _neck(value: Any) -> dict[str, Any] | None:
     check_int(value.get("channels"), "model.neck.channels", minimum=1)
     if value.get("extra") is not None:
         check_choice(value["extra"], "model.neck.extra", choices=NECK_EXTRAS)
-    value["extra_from"] = check_choice(value.get("extra_from", "p5"), "model.neck.extra_from", choices=("p5", "c5"))
+        value["extra_from"] = value.get("extra_from", "p5")
+    if "extra_from" in value:
+        check_choice(value["extra_from"], "model.neck.extra_from", choices=("p5", "c5"))
     return value
 
 
