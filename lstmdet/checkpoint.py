@@ -190,7 +190,8 @@ def _read_safetensors(path: Path, map_location: str | torch.device) -> dict[str,
 
 
 def load_model(path: str | Path | None = None, *, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model stored in a checkpoint (``None`` or ``"default"``: the shipped default model).
+    """Rebuild the model stored in a checkpoint (``None`` or ``"default"``: the shipped default model;
+    ``torchvision:<builder>``: that COCO detector, see :mod:`lstmdet.pretrained`).
 
     The components named in the stored config must be registered (their plugins installed).
 
@@ -198,7 +199,10 @@ def load_model(path: str | Path | None = None, *, map_location: str | torch.devi
         CheckpointError: See :func:`read_checkpoint`; also when the weights do not fit the config.
     """
     from lstmdet.model import build_model
+    from lstmdet.pretrained import is_pretrained_name, pretrained_model
 
+    if is_pretrained_name(str(path)):  # torchvision:<builder>: a COCO detector through torchvision's weights API
+        return pretrained_model(str(path)).to(map_location)
     if path is None or str(path) == DEFAULT_WEIGHTS:
         path = default_model_path()
         if not path.is_file():
@@ -207,7 +211,7 @@ def load_model(path: str | Path | None = None, *, map_location: str | torch.devi
                 "with --weights / lstmdet.load(path), or reinstall lstmdet"
             )
     data = read_checkpoint(path, map_location)
-    model = build_model(data["config"])
+    model = build_model(data["config"], load_weights=False)  # the checkpoint holds every weight
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as exc:

@@ -10,6 +10,7 @@ its options::
       input: {size: 128}              # classify: size int or [h, w]; detect: shorter side (+ max_size)
       backbone: {name: small_cnn, widths: [32, 64, 128], levels: [c2, c3]}
       neck: {channels: 128}           # optional: FPN that brings every level to the same channels
+                                      # (extra: p6p7 adds levels c6, c7 from P5 or, extra_from: c5, from C5)
       encoder: {name: bilstm, hidden: 64, levels: [c3]}   # levels: which maps it runs on (default all)
       head: {name: fcos, num_classes: 10}
     data:                             # datasets by registered name, with their options
@@ -41,7 +42,8 @@ from lstmdet.options import check_choice, check_int, check_list, check_type, is_
 
 TASKS = ("classify", "detect")
 TOP_LEVEL_KEYS = ("task", "model", "data", "train", "eval", "detect")
-MODEL_KEYS = ("classes", "category_ids", "input", "backbone", "neck", "encoder", "head")
+MODEL_KEYS = ("pretrained", "classes", "category_ids", "input", "backbone", "neck", "encoder", "head")
+NECK_EXTRAS = ("p6p7",)
 INPUT_KEYS = ("size", "max_size", "mean", "std")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -65,6 +67,8 @@ TRAIN_SCHEMA: dict[str, tuple[Any, tuple[type, ...], tuple | None]] = {
     "device": ("auto", (str,), None),
     "eval_batch_size": (None, (int, type(None)), None),
     "progress": (True, (bool,), None),
+    "freeze": ([], (list,), None),  # parameter-name prefixes not trained (backbone, backbone.layer1, neck...)
+    "lr_mult": ({}, (dict,), None),  # {prefix: factor}: learning rate of those parameters times factor
 }
 
 
@@ -148,6 +152,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     task = check_choice(config.get("task"), "task", choices=TASKS)
     model = _mapping(config.get("model"), "model")
     _check_keys(model, MODEL_KEYS, "model")
+    if model.get("pretrained") is not None:  # torchvision:<builder>: a COCO detector's parts
+        from lstmdet.pretrained import expand_pretrained
+
+        check_type(model["pretrained"], "model.pretrained", types=(str,))
+        model = config["model"] = expand_pretrained(model)
     for part in ("backbone", "encoder", "head"):
         model[part] = _component(model.get(part, {"name": "identity"} if part == "encoder" else None), part)
     model["neck"] = _neck(model.get("neck"))
@@ -175,6 +184,7 @@ def _train(value: Any) -> dict[str, Any]:
         if isinstance(item, (int, float)) and not isinstance(item, bool) and item < 0:
             raise ConfigError(f"train.{key}", f"must not be negative, got {item!r}")
         out[key] = item
+    out["freeze"], out["lr_mult"] = list(out["freeze"]), dict(out["lr_mult"])  # never the schema's own objects
     for key in ("epochs", "batch_size"):
         check_int(out[key], f"train.{key}", minimum=1)
     if not 0 <= out["warmup"] < 1:
@@ -242,8 +252,13 @@ def _neck(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     value = _mapping(value, "model.neck")
-    _check_keys(value, ("channels",), "model.neck")
+    _check_keys(value, ("channels", "extra", "extra_from"), "model.neck")
     check_int(value.get("channels"), "model.neck.channels", minimum=1)
+    if value.get("extra") is not None:
+        check_choice(value["extra"], "model.neck.extra", choices=NECK_EXTRAS)
+        value["extra_from"] = value.get("extra_from", "p5")
+    if "extra_from" in value:
+        check_choice(value["extra_from"], "model.neck.extra_from", choices=("p5", "c5"))
     return value
 
 

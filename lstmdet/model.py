@@ -15,10 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from lstmdet.config import load_config
 from lstmdet.errors import AssemblyError, LstmdetError
 from lstmdet.interfaces import FeatureInfo
+from lstmdet.levels import level_name
 from lstmdet.manager import current_registry
 from lstmdet.registry import ComponentRegistry
 from lstmdet.transforms import build_transform
@@ -195,8 +197,47 @@ def _frames(images: Images) -> tuple[list[Tensor], int]:
     return frames, num_frames
 
 
-def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry | None = None) -> LstmdetModel:
+class Neck(FeaturePyramidNetwork):
+    """torchvision's FPN: every level brought to ``channels``; with ``extra="p6p7"`` two more levels.
+
+    The extra levels (torchvision's ``LastLevelP6P7``: a stride-2 convolution, then ReLU and another)
+    have twice and four times the last level's stride and are named by stride (after ``c5``: ``c6``
+    and ``c7``). They are computed from the last FPN output (``extra_from="p5"``, FCOS and RetinaNet)
+    or the last backbone map (``"c5"``, RetinaNet v2). Parameter names are torchvision's.
+
+    Args:
+        info: The backbone's levels, in order.
+        channels: Output channels of every level.
+        extra: ``None`` or ``"p6p7"``.
+        extra_from: ``"p5"`` or ``"c5"``.
+
+    Shapes:
+        ``{name: (N, C_i, h_i, w_i)}`` -> ``{name: (N, channels, h_i, w_i)}`` (+ the extra levels).
+    """
+
+    def __init__(self, info: list[FeatureInfo], channels: int, extra: str | None = None, extra_from: str = "p5"):
+        blocks, extra_info = None, []
+        if extra == "p6p7":
+            blocks = LastLevelP6P7(channels if extra_from == "p5" else info[-1].channels, channels)
+            last = info[-1].stride
+            extra_info = [FeatureInfo(level_name(last * k), channels, last * k) for k in (2, 4)]
+        super().__init__([fi.channels for fi in info], channels, extra_blocks=blocks)
+        self.extra_info: list[FeatureInfo] = extra_info
+        self._names = dict(zip(("p6", "p7"), (fi.name for fi in extra_info), strict=False))
+
+    def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = super().forward(x)
+        return OrderedDict((self._names.get(k, k), v) for k, v in out.items())
+
+
+def build_model(
+    config: dict[str, Any] | str | Path, registry: ComponentRegistry | None = None, *, load_weights: bool = True
+) -> LstmdetModel:
     """Assemble a model from a config (dict or YAML path).
+
+    ``model.pretrained`` (``torchvision:<builder>``) loads that detector's COCO weights into the
+    backbone, neck and head (:mod:`lstmdet.pretrained`) unless ``load_weights`` is False (a
+    checkpoint's weights follow).
 
     Raises:
         ConfigError: A field of the config is wrong, named in the message; an unknown component
@@ -213,9 +254,13 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
     describe = {"backbone": f"backbone {spec['backbone']['name']!r}"}
 
     neck = None
+    strides = {fi.name: fi.stride for fi in info}  # the neck and the encoders keep every level's stride
     if spec["neck"] is not None:
-        neck = FeaturePyramidNetwork([fi.channels for fi in info], spec["neck"]["channels"])
-        channels = dict.fromkeys(channels, spec["neck"]["channels"])
+        width = spec["neck"]["channels"]
+        neck = Neck(info, width, spec["neck"].get("extra"), spec["neck"].get("extra_from", "p5"))
+        channels = dict.fromkeys(channels, width)
+        for fi in neck.extra_info:
+            channels[fi.name], strides[fi.name] = width, fi.stride
         describe["backbone"] += " + neck"
 
     enc_spec = spec["encoder"]
@@ -241,7 +286,6 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
             "to the model, or choose one level with model.head.levels"
         )
     in_channels = head_channels.pop()
-    strides = {fi.name: fi.stride for fi in info}  # the neck and the encoders keep every level's stride
     head_info = [FeatureInfo(level, in_channels, strides[level]) for level in head_levels]
     head = registry.create_from_spec(
         "heads",
@@ -259,7 +303,7 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
         )
     size_divisible = max(fi.stride for fi in info)
     transform = build_transform(cfg["task"], spec["input"], size_divisible)
-    return LstmdetModel(
+    model = LstmdetModel(
         config=cfg,
         backbone=backbone,
         encoders=encoders,
@@ -268,6 +312,11 @@ def build_model(config: dict[str, Any] | str | Path, registry: ComponentRegistry
         head_levels=head_levels,
         neck=neck,
     )
+    if spec.get("pretrained") is not None and load_weights:
+        from lstmdet.pretrained import load_pretrained_detector
+
+        load_pretrained_detector(model, spec["pretrained"])
+    return model
 
 
 def _feature_info(backbone: nn.Module, name: str) -> list[FeatureInfo]:

@@ -80,7 +80,7 @@ def describe_model(model: nn.Module, *, frames: int = 1) -> dict[str, Any]:
     if model.neck is not None:
         feats, flops_neck = _counted(model.neck, OrderedDict(feats))
         for name, f in feats.items():
-            levels[name]["neck"] = list(f.shape[1:])
+            levels.setdefault(name, {})["neck"] = list(f.shape[1:])  # the neck may add levels (c6, c7)
     flops_encoder = 0
     for level, encoder in model.encoders.items():
         f = feats[level].view(1, frames, *feats[level].shape[1:])

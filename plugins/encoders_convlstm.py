@@ -45,7 +45,8 @@ from torch.autograd.function import once_differentiable
 
 from lstmdet import hookimpl
 from lstmdet.errors import OptionError
-from lstmdet.options import check_bool, check_int
+from lstmdet.layers import ENCODER_INITS, zero_projection
+from lstmdet.options import check_bool, check_choice, check_int
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -285,17 +286,21 @@ class ConvLSTMEncoder(nn.Module):
         kernel_size: Odd, positive side of the square kernels (same padding keeps ``H, W``).
         residual: Return ``x_t + h_t`` instead of ``h_t``: the frame's own features pass
             through unchanged and the memory adds to them (needs ``hidden == in_channels``).
+        init: ``"default"``, or ``"identity"``: return ``x_t + proj(h_t)`` with a zero-initialised
+            1x1 ``proj`` (:func:`lstmdet.layers.zero_projection`), so the encoder starts as the
+            identity (any ``hidden``; ``out_channels`` is then ``in_channels``; not with ``residual``).
 
     Raises:
         ValueError: An option is not a positive integer, ``kernel_size`` is even, or
-            ``residual`` with ``hidden != in_channels``.
+            ``residual`` with ``hidden != in_channels``, or with ``init="identity"``.
     """
 
     stateful = True
 
     def __init__(
-        self, in_channels: int, *, hidden: int = 64, layers: int = 1, kernel_size: int = 3, residual: bool = False
-    ) -> None:
+        self, in_channels: int, *, hidden: int = 64, layers: int = 1, kernel_size: int = 3, residual: bool = False,
+        init: str = "default",
+    ) -> None:  # fmt: skip
         super().__init__()
         owner = "convlstm encoder"
         self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
@@ -317,8 +322,12 @@ class ConvLSTMEncoder(nn.Module):
                 f"adds the input to the output, so hidden ({hidden}) must equal the input's {in_channels} "
                 f"channels; set hidden: {in_channels}, or residual: false",
             )
+        self.init = check_choice(init, "init", owner, choices=ENCODER_INITS)
+        if residual and init == "identity":
+            raise OptionError(owner, "init", "identity already adds the input (x + proj(h)); leave out residual: true")
         self.residual = residual
-        self.out_channels = hidden
+        self.out_channels = in_channels if init == "identity" else hidden
+        self.proj = zero_projection(hidden, in_channels) if init == "identity" else None
         self.layers = nn.ModuleList(
             ConvLSTMLayer(in_channels if n == 0 else hidden, hidden, kernel_size) for n in range(layers)
         )
@@ -326,7 +335,7 @@ class ConvLSTMEncoder(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, hidden={self.hidden}, layers={self.num_layers}, "
-            f"kernel_size={self.kernel_size}, residual={self.residual}"
+            f"kernel_size={self.kernel_size}, residual={self.residual}, init={self.init!r}"
         )
 
     def forward(self, x: Tensor, state: ConvLSTMState | None = None) -> tuple[Tensor, ConvLSTMState]:
@@ -353,6 +362,9 @@ class ConvLSTMEncoder(nn.Module):
             h0, c0 = (None, None) if state is None else state[n]
             y, c_last = layer(y, h0, c0)
             new_state.append((y[:, -1].clone(), c_last))  # a copy: a view would pin all T steps
+        if self.proj is not None:
+            b, t = y.shape[:2]
+            return x + self.proj(y.flatten(0, 1)).unflatten(0, (b, t)), new_state
         return (x + y if self.residual else y.contiguous()), new_state
 
     def export_step(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -382,6 +394,8 @@ class ConvLSTMEncoder(nn.Module):
             c = f * c + i * g
             y = o * torch.tanh(c)
             new_state += [y, c]
+        if self.proj is not None:
+            return x + self.proj(y), new_state
         return (x + y if self.residual else y), new_state
 
     def _check_input(self, x: Tensor, state: ConvLSTMState | None) -> None:
@@ -431,6 +445,8 @@ class ConvLSTMEncoder(nn.Module):
         for layer in self.layers:
             per_pixel = 8 * h * k2 * (layer.in_channels + h) + 4 * h + ELEMENTWISE_FLOPS_PER_UNIT * h
             total += b * t_len * height * width * per_pixel
+        if self.proj is not None:  # the 1x1 projection (multiply-adds count 2) and the residual add
+            total += b * t_len * height * width * (2 * h * self.in_channels + 2 * self.in_channels)
         return total
 
 

@@ -13,6 +13,11 @@ positions. Rows of a ``(N, C, H, W)`` map become a batch of ``N*H`` sequences of
 columns a batch of ``N*W`` sequences of ``H`` steps.
 
 ``identity`` passes its input through: the baseline every LSTM encoder is measured against.
+
+``init: identity`` (``lstm``, ``bilstm``, and ``convlstm`` in its own plugin) makes an encoder start
+as the identity: it returns ``x + proj(sweep(x))`` with ``proj`` a 1x1 convolution whose weights
+and bias start at zero (:func:`lstmdet.layers.zero_projection`), so ``out_channels`` equals ``in_channels`` and a
+pretrained detector's outputs do not change when the encoder is inserted, until it is trained.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 from lstmdet import hookimpl
+from lstmdet.layers import ENCODER_INITS, zero_projection
 from lstmdet.options import check_choice, check_int
 
 if TYPE_CHECKING:
@@ -113,9 +119,12 @@ class LSTMSweepEncoder(nn.Module):
         layers: Stacked LSTM layers in each sweep (``num_layers`` of ``nn.LSTM``).
         scan: ``"rows"`` (one sweep along rows, left to right), ``"cols"`` (one sweep along
             columns, top to bottom) or ``"both"`` (rows, then columns over the rows' output).
+        init: ``"default"`` (PyTorch's LSTM initialisation) or ``"identity"``: return
+            ``x + proj(sweeps)`` with a zero-initialised 1x1 ``proj``, the identity until trained.
 
     Attributes:
-        out_channels: ``hidden`` (``2 * hidden`` for the bidirectional subclass).
+        out_channels: ``hidden`` (``2 * hidden`` for the bidirectional subclass); ``in_channels``
+            with ``init="identity"``.
         row_lstm: The rows sweep's ``nn.LSTM`` (``None`` when ``scan="cols"``).
         col_lstm: The columns sweep's ``nn.LSTM`` (``None`` when ``scan="rows"``).
 
@@ -127,7 +136,9 @@ class LSTMSweepEncoder(nn.Module):
     bidirectional: ClassVar[bool] = False
     stateful = False
 
-    def __init__(self, in_channels: int, *, hidden: int = 64, layers: int = 1, scan: str = "both") -> None:
+    def __init__(
+        self, in_channels: int, *, hidden: int = 64, layers: int = 1, scan: str = "both", init: str = "default"
+    ) -> None:
         super().__init__()
         owner = f"{self.name} encoder"
         self.in_channels = check_int(in_channels, "in_channels", owner, minimum=1)
@@ -139,6 +150,10 @@ class LSTMSweepEncoder(nn.Module):
         self.row_lstm = self._lstm(in_channels) if scan in ("rows", "both") else None
         col_in = self.out_channels if scan == "both" else in_channels
         self.col_lstm = self._lstm(col_in) if scan in ("cols", "both") else None
+        self.init = check_choice(init, "init", owner, choices=ENCODER_INITS)
+        self.proj = zero_projection(self.out_channels, in_channels) if init == "identity" else None
+        if self.proj is not None:
+            self.out_channels = in_channels
 
     def _lstm(self, input_size: int) -> nn.LSTM:
         return nn.LSTM(
@@ -150,7 +165,10 @@ class LSTMSweepEncoder(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, hidden={self.hidden}, layers={self.num_layers}, scan={self.scan!r}"
+        return (
+            f"in_channels={self.in_channels}, hidden={self.hidden}, layers={self.num_layers}, scan={self.scan!r}, "
+            f"init={self.init!r}"
+        )
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, None]:
         """Sweep every frame.
@@ -175,8 +193,10 @@ class LSTMSweepEncoder(nn.Module):
         if self.col_lstm is not None:
             cols = z.transpose(1, 2).reshape(n * width, height, z.shape[-1])  # N*W sequences of H steps
             z = self.col_lstm(cols)[0].view(n, width, height, -1).transpose(1, 2)  # back to (N, H, W, D)
-        y = z.permute(0, 3, 1, 2).reshape(b, t, self.out_channels, height, width)
-        return y.contiguous(), None
+        y = z.permute(0, 3, 1, 2)  # (N, D, H, W)
+        if self.proj is not None:
+            return x + self.proj(y).reshape(b, t, c, height, width), None
+        return y.reshape(b, t, self.out_channels, height, width).contiguous(), None
 
     def flops(self, shape: tuple[int, int, int, int, int]) -> int:
         """Analytic FLOPs of one forward pass for an input of ``shape``.
@@ -199,9 +219,11 @@ class LSTMSweepEncoder(nn.Module):
                 continue
             per_pixel = 0
             for layer in range(self.num_layers):
-                in_features = lstm.input_size if layer == 0 else self.out_channels
+                in_features = lstm.input_size if layer == 0 else self.hidden * self.directions
                 per_pixel += self.directions * lstm_step_flops(in_features, self.hidden)
             total += pixels * per_pixel
+        if self.proj is not None:  # the 1x1 projection (multiply-adds count 2) and the residual add
+            total += pixels * (2 * self.hidden * self.directions * self.in_channels + 2 * self.in_channels)
         return total
 
 
@@ -216,6 +238,7 @@ class BiLSTMSweepEncoder(LSTMSweepEncoder):
         hidden: Hidden size of every LSTM per direction.
         layers: Stacked bidirectional LSTM layers in each sweep.
         scan: ``"rows"``, ``"cols"`` or ``"both"`` (see :class:`LSTMSweepEncoder`).
+        init: ``"default"`` or ``"identity"`` (see :class:`LSTMSweepEncoder`).
 
     Raises:
         ValueError: An option has a value that is not allowed; the message says which.
@@ -224,8 +247,10 @@ class BiLSTMSweepEncoder(LSTMSweepEncoder):
     name: ClassVar[str] = "bilstm"
     bidirectional: ClassVar[bool] = True
 
-    def __init__(self, in_channels: int, *, hidden: int = 64, layers: int = 1, scan: str = "both") -> None:
-        super().__init__(in_channels, hidden=hidden, layers=layers, scan=scan)
+    def __init__(
+        self, in_channels: int, *, hidden: int = 64, layers: int = 1, scan: str = "both", init: str = "default"
+    ) -> None:
+        super().__init__(in_channels, hidden=hidden, layers=layers, scan=scan, init=init)
 
 
 @hookimpl

@@ -48,7 +48,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from lstmdet import FeatureInfo, hookimpl
 from lstmdet.errors import AssemblyError
-from lstmdet.options import check_choice, check_float, check_int, check_list, is_number
+from lstmdet.options import check_bool, check_choice, check_float, check_int, check_list, is_number
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -59,6 +59,10 @@ NORMS: tuple[str, ...] = ("group", "batch", "none")
 # --------------------------------------------------------------------------------------------------
 # option checks
 # --------------------------------------------------------------------------------------------------
+
+
+#: Values of the heads' ``anchor_steps`` option.
+ANCHOR_STEPS = ("stride", "grid")
 
 
 def _norm_layer(head: str, norm: str, channels: int) -> Callable[..., nn.Module] | None:
@@ -221,7 +225,12 @@ class _HeadForward(abc.ABC):
         # The cached cells stay float32 (fp16 features under autocast would round them in place).
         generator.set_cell_anchors(torch.float32, x0.device)
         grid_sizes = [list(x.shape[-2:]) for x in levels]
-        step = [[torch.tensor(s, dtype=torch.int64, device=x0.device)] * 2 for s in strides]
+        if self.anchor_steps == "grid":  # torchvision's: padded image size // map size, per level and axis
+            height, width = images.tensors.shape[-2:]
+            step = [[torch.tensor(height // g[0], device=x0.device), torch.tensor(width // g[1], device=x0.device)]
+                    for g in grid_sizes]  # fmt: skip
+        else:
+            step = [[torch.tensor(s, dtype=torch.int64, device=x0.device)] * 2 for s in strides]
         anchors = torch.cat(generator.grid_anchors(grid_sizes, step)).to(x0.dtype)
         return [anchors] * images.tensors.shape[0]
 
@@ -326,6 +335,9 @@ class FCOSDetectionHead(_HeadForward, FCOS):
             ``C`` divisible by 32), ``"batch"`` or ``"none"``.
         anchor_offsets: Anchor points of a location as ``(dx, dy)`` pairs in units of the stride,
             each in ``[0, 1)``, without repeats; ``[[0, 0]]`` is torchvision's FCOS.
+        anchor_steps: Distance between anchor points: ``"stride"`` (the level's stride) or ``"grid"``
+            (torchvision's: the padded image size divided by the map size, which differs from the
+            stride where the image is not a multiple of it, e.g. on P6 and P7).
 
     Raises:
         ValueError: An option is out of range; the message names it and the allowed values.
@@ -347,6 +359,7 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         center_sampling_radius: float = 1.5,
         norm: str = "group",
         anchor_offsets: Sequence[Sequence[float]] = ((0.0, 0.0),),
+        anchor_steps: str = "stride",
     ) -> None:
         nn.Module.__init__(self)  # torchvision's FCOS.__init__ would build a backbone and transform
         name = self._name
@@ -358,6 +371,7 @@ class FCOSDetectionHead(_HeadForward, FCOS):
         norm_layer = _norm_layer(name, norm, in_channels)
         self.norm = norm
         self.anchor_offsets = _check_offsets(name, anchor_offsets)
+        self.anchor_steps = check_choice(anchor_steps, "anchor_steps", owner, choices=ANCHOR_STEPS)
         self.num_anchors = a = len(self.anchor_offsets)
         if norm == "group":
             self.head = FCOSHead(in_channels, a, num_classes, num_convs=num_convs)
@@ -449,6 +463,11 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
         bg_iou_thresh: Anchors with IoU < this with every box are background (in between: ignored).
         norm: Normalisation in the towers: ``"none"`` (torchvision's v1 head), ``"group"`` (v2 head,
             ``GroupNorm(32, C)``, needs ``C`` divisible by 32) or ``"batch"``.
+        anchor_steps: Distance between anchor centres: ``"stride"`` (the level's stride) or
+            ``"grid"`` (torchvision's: the padded image size divided by the map size, which differs
+            from the stride where the image is not a multiple of it, e.g. on P6 and P7).
+        integer_sizes: Round anchor sizes down to whole pixels, as torchvision's COCO RetinaNet
+            (32, 40, 50 instead of 32, 40.3, 50.8).
 
     Raises:
         ValueError: An option is out of range; the message names it and the allowed values.
@@ -473,6 +492,8 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.4,
         norm: str = "none",
+        anchor_steps: str = "stride",
+        integer_sizes: bool = False,
     ) -> None:
         nn.Module.__init__(self)  # torchvision's RetinaNet.__init__ would build a backbone and transform
         name = self._name
@@ -483,6 +504,8 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
         num_convs = check_int(num_convs, "num_convs", owner, minimum=0)
         self.anchor_scale = check_float(anchor_scale, "anchor_scale", owner, low=0.0, low_open=True)
         self.scales_per_octave = check_int(scales_per_octave, "scales_per_octave", owner, minimum=1)
+        self.anchor_steps = check_choice(anchor_steps, "anchor_steps", owner, choices=ANCHOR_STEPS)
+        self.integer_sizes = check_bool(integer_sizes, "integer_sizes", owner)
         positive = partial(is_number, low=0.0, low_open=True)
         ratios = check_list(aspect_ratios, "aspect_ratios", owner, of="positive numbers", item=positive)
         self.aspect_ratios = tuple(float(r) for r in ratios)
@@ -518,10 +541,9 @@ class RetinaNetDetectionHead(_HeadForward, RetinaNet):
         )
 
     def anchor_sizes(self, stride: int) -> tuple[float, ...]:
-        """Anchor sizes (pixels) of a level with ``stride``."""
-        return tuple(
-            self.anchor_scale * stride * 2 ** (i / self.scales_per_octave) for i in range(self.scales_per_octave)
-        )
+        """Anchor sizes (pixels) of a level with ``stride`` (rounded down with ``integer_sizes``)."""
+        sizes = [self.anchor_scale * stride * 2 ** (i / self.scales_per_octave) for i in range(self.scales_per_octave)]
+        return tuple(float(int(size)) if self.integer_sizes else size for size in sizes)
 
     def _make_anchor_generator(self, strides: tuple[int, ...]) -> AnchorGenerator:
         return AnchorGenerator(tuple(self.anchor_sizes(s) for s in strides), (self.aspect_ratios,) * len(strides))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.error
+from pathlib import Path
+
 import pytest
 import torch
+from helpers import HubCache
 
 from lstmdet.data.mnist import mnist_split
 
@@ -34,3 +38,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(no_cuda)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubCache:
+    """An empty torch hub cache under ``tmp_path``; any download attempt fails at once."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # undo any torch.hub.set_dir() by others
+    calls: list[str] = []
+
+    def offline(url: str, dst: str, *args, **kwargs) -> None:
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution (simulated)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert Path(torch.hub.get_dir()) == tmp_path / "torch" / "hub"
+    return HubCache(tmp_path / "torch" / "hub", calls)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LSTMDET_BIN = Path(sys.executable).with_name("lstmdet")
 #: summary.json fields that depend on timing.
 TIMING = ("seconds", "images_per_s")
+
+
+class HubCache(NamedTuple):
+    """A temporary torch hub cache and the URLs that something tried to download into it."""
+
+    dir: Path
+    calls: list[str]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -32,8 +32,14 @@ class ModelCache:
     @staticmethod
     def _key(weights: str | None, device: str) -> tuple:
         from lstmdet.checkpoint import default_model_path
+        from lstmdet.pretrained import builder_name, is_pretrained_name, weights_file
 
-        path = Path(weights).resolve() if weights is not None else default_model_path()
+        if weights is not None and is_pretrained_name(weights):  # torchvision:<builder>: its hub cache file
+            path = weights_file(builder_name(weights, "--weights"))[0]
+        else:
+            path = Path(weights).resolve() if weights is not None else default_model_path()
+        if not path.exists():  # loading says what is missing
+            return str(path), 0, 0, device
         stat = path.stat()
         return str(path), stat.st_mtime_ns, stat.st_size, device
 

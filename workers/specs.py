@@ -28,6 +28,7 @@ from typing import Any
 
 from lstmdet.errors import LstmdetError
 from lstmdet.options import check_bool, check_int, check_type
+from lstmdet.pretrained import is_pretrained_name
 
 KINDS = ("train", "detect", "eval")
 #: Images per detect shard: each shard pays for starting its loader processes (a few tenths of a
@@ -117,7 +118,7 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
         return {
             "src": check_path(_path(spec, "src", job), roots, "detect SRC"),
             "out": check_path(_path(spec, "out", job), roots, "detect --out"),
-            "weights": None if shipped else check_path(str(weights), roots, "detect --weights"),
+            "weights": None if shipped else _weights(str(weights), roots, "detect --weights"),
             "options": DetectOptions.from_json(spec.get("options") or {}).to_json(),
             "shard_size": check_int(spec.get("shard_size", DEFAULT_SHARD_SIZE), "shard_size", job, minimum=1),
             "chunk_frames": check_int(_given(spec, "chunk_frames", DEFAULT_CHUNK_FRAMES), "chunk_frames", job,
@@ -134,7 +135,7 @@ def validate_spec(kind: str, spec: dict[str, Any], roots: Sequence[Path]) -> dic
     out = spec.get("out")
     weights = _path(spec, "weights", job)
     return {
-        "weights": weights if weights == SHIPPED else check_path(weights, roots, "eval --weights"),
+        "weights": weights if weights == SHIPPED else _weights(weights, roots, "eval --weights"),
         "data": data,
         "out": None if out is None else check_path(str(out), roots, "eval --out"),
         "batch_size": check_int(spec.get("batch_size", 16), "batch_size", job, minimum=1),
@@ -146,3 +147,11 @@ def _given(spec: dict[str, Any], key: str, default: Any) -> Any:
     """``spec[key]``, or ``default`` when it is missing or ``None``."""
     value = spec.get(key)
     return default if value is None else value
+
+
+def _weights(value: str, roots: Sequence[Path], what: str) -> str:
+    """A checkpoint path checked against the data roots, or a ``torchvision:<builder>`` name as it is (its
+    weights come from the worker's torch hub cache, not from the data)."""
+    if is_pretrained_name(value):
+        return value
+    return check_path(value, roots, what)

@@ -125,7 +125,8 @@ def run_model(args: argparse.Namespace) -> int:
     from lstmdet.model import build_model
     from lstmdet.summary import describe_model
 
-    model = build_model(load_config(Path(args.config), args.overrides))
+    # Shapes, parameters and FLOPs only: a pretrained detector's weights are not needed (nor loaded).
+    model = build_model(load_config(Path(args.config), args.overrides), load_weights=False)
     info = describe_model(model, frames=args.frames)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -105,8 +105,9 @@ def open_detector(
     """Load a detection checkpoint (or take ``model``) onto ``device``.
 
     Args:
-        weights: Checkpoint file, ``"default"`` for the model shipped with lstmdet, or an exported
-            ``.onnx`` detector (run by ONNX Runtime); ``None`` uses ``model``, else the shipped model.
+        weights: Checkpoint file, ``"default"`` for the model shipped with lstmdet, an exported
+            ``.onnx`` detector (run by ONNX Runtime), or ``torchvision:<builder>`` (a COCO detector,
+            :mod:`lstmdet.pretrained`); ``None`` uses ``model``, else the shipped model.
         model: An already built detection model (instead of ``weights``).
         device: ``auto`` (CUDA when present; a given ``model``'s own device), ``cpu``, ``cuda[:N]``.
 
@@ -115,6 +116,7 @@ def open_detector(
             is not a detector.
     """
     from lstmdet.checkpoint import DEFAULT_WEIGHTS, default_model_path, load_model
+    from lstmdet.pretrained import builder_name, is_pretrained_name, weights_file
 
     onnx_file = model is None and weights is not None and Path(weights).suffix.lower() == ".onnx"
     dev = torch.device("cpu") if onnx_file else _device(device, model)  # ONNX Runtime is fed from the CPU
@@ -131,6 +133,8 @@ def open_detector(
         net = load_model(weights, map_location=dev)
         shipped = weights is None or str(weights) == DEFAULT_WEIGHTS
         path = default_model_path() if shipped else Path(weights)
+        if is_pretrained_name(str(weights)):  # the identity of a torchvision detector: its weights file
+            path = weights_file(builder_name(str(weights), "--weights"))[0]
         identity = {"weights": DEFAULT_WEIGHTS if shipped else str(weights), "weights_sha256": _sha256(path)}
     if net.task != "detect":
         raise LstmdetError(

@@ -30,7 +30,7 @@ from lstmdet.engine.data import AugmentedDataset, build_dataset, build_loader
 from lstmdet.engine.device import resolve_device
 from lstmdet.engine.evaluate import evaluate, headline
 from lstmdet.engine.logs import append_jsonl, plot_curves, read_jsonl, write_csv
-from lstmdet.engine.optim import build_optimizer, build_scheduler
+from lstmdet.engine.optim import build_optimizer, build_scheduler, freeze_parts, keep_frozen_norms
 from lstmdet.engine.progress import progress
 from lstmdet.errors import ConfigError, LstmdetError
 from lstmdet.fileio import prepare_folder
@@ -156,6 +156,7 @@ class Trainer:
         )  # fmt: skip
         self.steps = len(self.loader)  # batches in a full epoch (the sampler starts at 0 here)
         self.model: LstmdetModel = build_model(cfg).to(self.device)
+        self.frozen = freeze_parts(self.model, self.tcfg)
         self.optimizer = build_optimizer(self.model, self.tcfg)
         self.scheduler = build_scheduler(self.optimizer, self.tcfg, self.tcfg["epochs"] * self.steps)
         self.amp = self.tcfg["amp"] and self.device.type == "cuda"
@@ -222,6 +223,7 @@ class Trainer:
             Mean loss, images/s and seconds of the whole epoch, or None when ``should_stop`` stopped it.
         """
         self.model.train()
+        keep_frozen_norms(self.model, self.frozen)
         batch_size, size = self.tcfg["batch_size"], len(self.train_data)
         self.loader.sampler.set_epoch(self.epoch, start=self.step * batch_size)
         total_loss, images_seen, before = self.partial["loss"], self.partial["images"], self.partial["seconds"]

@@ -143,5 +143,5 @@ def test_a_misspelt_component_option_names_only_the_unknown_key(tmp_path):
     assert info.value.field == "model.encoder.hiden"
     assert message == (
         "config field model.encoder.hiden: encoder 'bilstm' has no option 'hiden' (did you mean 'hidden'?); "
-        "accepted options: hidden, layers, scan"
+        "accepted options: hidden, layers, scan, init"
     )

@@ -170,7 +170,7 @@ def test_unknown_option_is_named_alone_with_the_closest_accepted_one():
         lstmdet.create_component("encoders", "bilstm", 16, hidden=8, hiden=3)
     assert info.value.option == "hiden"
     assert str(info.value) == (
-        "encoder 'bilstm' has no option 'hiden' (did you mean 'hidden'?); accepted options: hidden, layers, scan"
+        "encoder 'bilstm' has no option 'hiden' (did you mean 'hidden'?); accepted options: hidden, layers, scan, init"
     )
 
 

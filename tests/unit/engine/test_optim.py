@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from lstmdet.engine.optim import build_optimizer, build_scheduler
+from lstmdet.engine.optim import build_optimizer, build_scheduler, freeze_parts, keep_frozen_norms
+from lstmdet.errors import ConfigError
 
 
 def _cfg(**options) -> dict:
@@ -69,3 +70,47 @@ def test_onecycle_peaks_at_the_warmup_share_and_ends_near_zero():
 def test_constant_schedule_after_warmup():
     lrs = _lrs(_cfg(scheduler="none", warmup=0.2), 10)
     assert lrs[:2] == pytest.approx([0.1 / 3, 0.2 / 3]) and lrs[2:] == pytest.approx([0.1] * 8)
+
+
+def _parts() -> nn.Module:
+    """Named parts like a detector's: ``backbone`` (two stages with BatchNorm), ``head``."""
+    backbone = nn.Sequential()
+    backbone.add_module("layer1", nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()))
+    backbone.add_module("layer2", nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()))
+    model = nn.Module()
+    model.backbone, model.head = backbone, nn.Conv2d(4, 2, 1)
+    model.forward = lambda x: model.head(model.backbone(x))
+    return model
+
+
+@pytest.mark.parametrize("freeze", [["backbone"], ["backbone.layer1"]])
+def test_frozen_parts_stay_bit_identical_through_a_training_step(freeze):
+    torch.manual_seed(0)
+    model = _parts()
+    cfg = _cfg(freeze=freeze)
+    frozen = freeze_parts(model, cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(model, cfg)
+    model.train()
+    keep_frozen_norms(model, frozen)
+    model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+    optimizer.step()
+    for key, value in model.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            frozen_key = any(key == p or key.startswith(p + ".") for p in freeze)
+            assert torch.equal(value, before[key]) == frozen_key, key  # weights and BN statistics alike
+
+
+def test_lr_mult_scales_a_parts_learning_rate_and_bad_entries_are_named():
+    model = _parts()
+    optimizer = build_optimizer(model, _cfg(lr_mult={"backbone": 0.1, "backbone.layer2": 0.5}))
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert rates[id(model.head.weight)] == pytest.approx(0.1)
+    assert rates[id(model.backbone.layer1[0].weight)] == pytest.approx(0.01)
+    assert rates[id(model.backbone.layer2[0].weight)] == pytest.approx(0.05)  # the longest prefix wins
+    scheduler = build_scheduler(optimizer, _cfg(scheduler="onecycle"), 100)  # peaks at each group's own rate
+    assert scheduler is not None and {round(g["max_lr"], 6) for g in optimizer.param_groups} == {0.1, 0.01, 0.05}
+    with pytest.raises(ConfigError, match=r"train\.freeze.*'neck' names no part.*backbone, head"):
+        freeze_parts(model, _cfg(freeze=["neck"]))
+    with pytest.raises(ConfigError, match=r"train\.lr_mult\.head.*positive number"):
+        build_optimizer(model, _cfg(lr_mult={"head": 0}))

@@ -6,13 +6,11 @@ The classes are built directly from the plugin modules, independent of the plugi
 from __future__ import annotations
 
 import math
-import urllib.error
-from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
 import torchvision.models as tvm
+from helpers import HubCache
 from torch import Tensor
 
 from lstmdet import FeatureInfo
@@ -149,29 +147,6 @@ def test_torchvision_register_hook() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # pretrained weights through torchvision's weights API and the torch hub cache
-
-
-class HubCache(NamedTuple):
-    """A temporary torch hub cache and the URLs that something tried to download into it."""
-
-    dir: Path
-    calls: list[str]
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubCache:
-    """An empty torch hub cache under ``tmp_path``; any download attempt fails at once."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # undo any torch.hub.set_dir() by others
-    calls: list[str] = []
-
-    def offline(url: str, dst: str, *args, **kwargs) -> None:
-        calls.append(url)
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution (simulated)")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    assert Path(torch.hub.get_dir()) == tmp_path / "torch" / "hub"
-    return HubCache(tmp_path / "torch" / "hub", calls)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
