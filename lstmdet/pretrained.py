@@ -110,7 +110,8 @@ def expand_pretrained(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def weights_file(name: str) -> tuple[Path, str]:
-    """Where torchvision looks for the COCO weights of builder ``name``: ``(file in the hub cache, URL)``."""
+    """Where torchvision's weights API looks for the default weights of model ``name`` (a detector builder or
+    a classifier such as ``resnet18``): ``(file in the torch hub cache, URL it downloads when missing)``."""
     import torch
     import torchvision.models as tvm
 
@@ -118,7 +119,18 @@ def weights_file(name: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name, url
 
 
-def _torchvision_state(name: str) -> dict[str, Any]:
+def hub_state_dict(name: str, what: str, otherwise: str = "") -> dict[str, Any]:
+    """The default weights of torchvision model ``name`` through its weights API (hub cache, else download).
+
+    Args:
+        name: A torchvision model name (``fcos_resnet50_fpn``, ``resnet18``...).
+        what: The weights in an error message, e.g. ``"the COCO weights of torchvision:fcos_resnet50_fpn"``.
+        otherwise: Appended to an error message: another way out (``", or set pretrained: false"``).
+
+    Raises:
+        LstmdetError: The file is not in the cache and cannot be downloaded, or it cannot be read; the
+            message names the cache path and the URL.
+    """
     import torchvision.models as tvm
 
     weights = tvm.get_model_weights(name).DEFAULT
@@ -129,13 +141,13 @@ def _torchvision_state(name: str) -> dict[str, Any]:
     except Exception as exc:
         if was_cached:
             raise LstmdetError(
-                f"could not read the COCO weights of {PREFIX}{name} from {path} ({type(exc).__name__}: {exc}); the "
-                f"file may be incomplete: delete it and copy a fresh download of {url} there"
+                f"could not read {what} ({weights}) from {path}: {exc}. The file may be incomplete or corrupt: "
+                f"delete it and copy a fresh download of {url} there{otherwise}"
             ) from exc
         raise LstmdetError(
-            f"the COCO weights of {PREFIX}{name} are not in the torch hub cache and could not be downloaded "
-            f"({type(exc).__name__}: {exc}). torchvision looked for {path}; download {url} on a machine with network "
-            "access and copy it there (the folder follows TORCH_HOME: $TORCH_HOME/hub/checkpoints)"
+            f"{what} ({weights}) are not in the torch hub cache and could not be downloaded ({type(exc).__name__}: "
+            f"{exc}). Expected file: {path}; download {url} on a machine with network access and copy it there (the "
+            f"folder follows TORCH_HOME: $TORCH_HOME/hub/checkpoints){otherwise}"
         ) from exc
 
 
@@ -161,7 +173,7 @@ def load_pretrained_detector(model: Any, name: str) -> None:
     state = model.state_dict()
     new_classes = len(model.classes) != 91  # fine-tuning to other classes: a new classification layer
     mapped, unused = {}, []
-    for key, value in _torchvision_state(name).items():
+    for key, value in hub_state_dict(name, f"the COCO weights of {PREFIX}{name}").items():
         target = lstmdet_key(key)
         if new_classes and target is not None and target.startswith(CLASS_LAYER):
             _copy_known_classes(state[target], value, model.classes)

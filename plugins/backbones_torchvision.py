@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import torch
 import torchvision.models as tvm
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from lstmdet import FeatureInfo, hookimpl
 from lstmdet.errors import LstmdetError
 from lstmdet.levels import level_name, parse_levels
+from lstmdet.pretrained import hub_state_dict, weights_file
 
 if TYPE_CHECKING:
     from lstmdet.registry import Registrar
@@ -82,50 +82,19 @@ def _init_like_torchvision(module: nn.Module) -> None:
 
 
 def pretrained_cache_path(arch: str) -> tuple[Path, str]:
-    """Where torchvision looks for the default ImageNet weights of ``arch``.
-
-    Args:
-        arch: A torchvision model name, e.g. ``"resnet18"``.
-
-    Returns:
-        ``(path, url)``: the file in the torch hub cache (``torch.hub.get_dir()/checkpoints/...``)
-        and the URL torchvision downloads it from when it is missing.
-    """
-    url = tvm.get_model_weights(arch).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name, url
+    """Where torchvision looks for the default ImageNet weights of ``arch``: ``(file in the torch hub cache,
+    URL)`` (:func:`lstmdet.pretrained.weights_file`)."""
+    return weights_file(arch)
 
 
 def load_pretrained_state(arch: str) -> dict[str, Tensor]:
-    """Load the default ImageNet state dict of ``arch`` through torchvision's weights API.
-
-    Args:
-        arch: A torchvision model name, e.g. ``"resnet18"``.
-
-    Returns:
-        The state dict of the full torchvision classifier.
+    """The default ImageNet state dict of the torchvision classifier ``arch`` (hub cache, else download).
 
     Raises:
-        LstmdetError: The file is not in the torch hub cache and cannot be downloaded, or it is
-            there but cannot be read; the message names the cache path and the URL.
+        LstmdetError: Missing and not downloadable, or unreadable; the message names the cache path and
+            the URL (:func:`lstmdet.pretrained.hub_state_dict`).
     """
-    weights = tvm.get_model_weights(arch).DEFAULT
-    path, url = pretrained_cache_path(arch)
-    was_cached = path.is_file()
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
-    except Exception as exc:
-        if was_cached:
-            raise LstmdetError(
-                f"could not read the pretrained weights of backbone {arch!r} ({weights}) from {path}: "
-                f"{exc}. The file may be incomplete or corrupt: delete it and copy a fresh download of "
-                f"{url} there, or set pretrained: false"
-            ) from exc
-        raise LstmdetError(
-            f"pretrained weights of backbone {arch!r} ({weights}) are not in the torch hub cache and "
-            f"could not be downloaded ({type(exc).__name__}: {exc}). Expected file: {path}; download "
-            f"{url} on a machine with network access and copy it there (the folder follows TORCH_HOME: "
-            f"$TORCH_HOME/hub/checkpoints), or set pretrained: false"
-        ) from exc
+    return hub_state_dict(arch, f"the pretrained weights of backbone {arch!r}", ", or set pretrained: false")
 
 
 class TorchvisionBackbone(nn.Module):

@@ -159,6 +159,17 @@ def encode_video(
     return path
 
 
+def corrupt_video(path: Path, frames: Any, fps: int, at: float) -> Path:
+    """``frames`` as PNG-coded frames in a MOV (each frame its own key frame), 200 bytes zeroed at the share
+    ``at`` of the file: FFmpeg's decoder fails on that packet."""
+    encode_video(path, frames, fps, codec="png", pix_fmt="rgb24")
+    data = bytearray(path.read_bytes())
+    middle = int(len(data) * at)
+    data[middle : middle + 200] = bytes(200)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def decode_video(path: Path) -> tuple[list[Any], list[float]]:
     """PyAV's own decode of ``path``: the RGB arrays (as stored) and the frame times in seconds."""
     import av

@@ -35,7 +35,7 @@ from lstmdet.engine.video_chunks import (
     DEFAULT_WARMUP_FRAMES,
     chunk_from_json,
     chunk_to_json,
-    draw_video,
+    draw_videos,
     merged_lines,
     plan_chunks,
     run_chunk,
@@ -277,8 +277,7 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
     inputs = plan.inputs()
     counts = finalize(out, inputs.files, videos=bool(plan.video_files))
     if opts.save_video:
-        for name in plan.video_files:
-            draw_video(inputs.root / name, name, out / DETECTIONS, opts, out)
+        draw_videos(inputs.root, plan.video_files, out / DETECTIONS, opts, out)
     seconds, fps = time.time() - plan.started, None
     if plan.video_files:
         markers = [_shard_files(out, i)[1] for i in range(first_chunk, plan.count)]

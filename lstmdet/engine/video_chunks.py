@@ -169,7 +169,7 @@ def run_chunk(
         root: The folder the video's name is relative to.
         chunk: The piece to run.
         jsonl: Its lines go here.
-        opts: The run's options (``save_video`` is left to the merge: :func:`draw_video`).
+        opts: The run's options (``save_video`` is left to the merge: :func:`draw_videos`).
         out: The run's output folder.
         should_stop: Checked between batches; True raises :class:`~lstmdet.errors.Cancelled`.
 
@@ -209,39 +209,38 @@ def _ends_with_error(path: Path, file: str) -> bool:
     return record.get("file") == file and "error" in record and "frame_index" not in record
 
 
-def draw_video(source: Path, name: str, jsonl: Path, opts: DetectOptions, out: Path) -> None:
-    """Write ``--save-video``'s annotated copy of video ``name`` from the lines of a merged run.
+def draw_videos(root: Path, names: list[str], jsonl: Path, opts: DetectOptions, out: Path) -> None:
+    """Write ``--save-video``'s annotated copies of the videos ``names`` from the lines of a merged run.
 
-    The frames are read again with the run's options and drawn with their lines' detections, as
-    in-process detection draws them while it runs; nothing is run through the model.
+    ``jsonl`` is read once. Each video's frames are read again with the run's options and drawn with
+    their lines' detections, as in-process detection draws them while it runs; nothing is run through
+    the model.
     """
     from lstmdet.data.video import FALLBACK_FPS
     from lstmdet.engine.detect_video import AnnotatedVideoWriter, saved_name
     from lstmdet.engine.writers import annotated_video_path
 
-    records = [r for r in _records(jsonl, name) if "frame_index" in r]
-    if not records:
-        return
-    drawer = AnnotatedVideoWriter(annotated_video_path(out, saved_name(name, None)), FALLBACK_FPS)
-
-    def opened(info: Any) -> None:
-        drawer.fps = info.fps or FALLBACK_FPS
-
-    frames = read_frames(source, stride=opts.vid_stride, start=opts.start, end=opts.end, max_frames=len(records),
-                         max_pixels=opts.max_pixels, on_open=opened)  # fmt: skip
-    try:
-        for frame, record in zip(frames, records, strict=False):
-            drawer.write(frame, record.get("detections", []))
-    except VideoReadError:
-        pass  # the lines already end with this video's error
-    finally:
-        frames.close()
-        drawer.close()
-
-
-def _records(jsonl: Path, name: str) -> Iterator[dict[str, Any]]:
+    frames_of: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with jsonl.open("rb") as f:
         for line in f:
             record = json.loads(line)
-            if record.get("file") == name:
-                yield record
+            if "frame_index" in record and record["file"] in frames_of:
+                frames_of[record["file"]].append(record)
+    for name, records in frames_of.items():
+        if not records:
+            continue
+        drawer = AnnotatedVideoWriter(annotated_video_path(out, saved_name(name, None)), FALLBACK_FPS)
+
+        def opened(info: Any, drawer: AnnotatedVideoWriter = drawer) -> None:
+            drawer.fps = info.fps or FALLBACK_FPS
+
+        frames = read_frames(root / name, stride=opts.vid_stride, start=opts.start, end=opts.end,
+                             max_frames=len(records), max_pixels=opts.max_pixels, on_open=opened)  # fmt: skip
+        try:
+            for frame, record in zip(frames, records, strict=False):
+                drawer.write(frame, record.get("detections", []))
+        except VideoReadError:
+            pass  # the lines already end with this video's error
+        finally:
+            frames.close()
+            drawer.close()

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from helpers import TIMING, decode_video, digit_clip, encode_video, save_tiny
+from helpers import TIMING, corrupt_video, decode_video, digit_clip, encode_video, save_tiny
 from PIL import Image
 
 import lstmdet
@@ -228,11 +228,7 @@ def test_a_real_corrupt_packet_keeps_the_frames_before_it(tmp_path, weights):
     """PNG frames in a MOV with zeroed bytes in the middle: FFmpeg's decoder fails on that packet."""
     src = tmp_path / "src"
     src.mkdir()
-    path = encode_video(src / "corrupt.mov", digit_clip(8, size=48, seed=6), FPS, codec="png", pix_fmt="rgb24")
-    data = bytearray(path.read_bytes())
-    middle = int(len(data) * 0.6)
-    data[middle : middle + 200] = bytes(200)
-    path.write_bytes(bytes(data))
+    corrupt_video(src / "corrupt.mov", digit_clip(8, size=48, seed=6), FPS, at=0.6)
     encode_video(src / "fine.mp4", digit_clip(3, size=48, seed=7), FPS)
     summary = run(src, tmp_path / "out", weights)
     records = lines(tmp_path / "out")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_outputs, decode_video, digit_clip, encode_video, save_tiny
+from helpers import assert_same_outputs, corrupt_video, decode_video, digit_clip, encode_video, save_tiny
 from PIL import Image
 
 import lstmdet
@@ -139,11 +139,7 @@ def test_a_decode_error_mid_video_ends_the_video_as_in_process(tmp_path, statele
     the frames before it and the error line; the later chunks (which decode fine) are dropped."""
     src = tmp_path / "src"
     src.mkdir()
-    path = encode_video(src / "corrupt.mov", digit_clip(24, size=40, seed=6), FPS, codec="png", pix_fmt="rgb24")
-    data = bytearray(path.read_bytes())
-    middle = int(len(data) * 0.4)
-    data[middle : middle + 200] = bytes(200)
-    path.write_bytes(bytes(data))
+    corrupt_video(src / "corrupt.mov", digit_clip(24, size=40, seed=6), FPS, at=0.4)
     direct = lstmdet.detect(src, tmp_path / "direct", stateless, workers=0, progress=False, batch_size=2)
     sharded(src, tmp_path / "job", stateless, chunk_frames=4, batch_size=2)
     assert lines(tmp_path / "job") == lines(tmp_path / "direct")
